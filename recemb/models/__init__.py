@@ -1,0 +1,33 @@
+"""CTR models: the registry and `build_model`. Every model takes any table kind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recemb.config import closest, from_mapping
+from recemb.models.autoint import AutoInt, AutoIntConfig, AutoIntPlusConfig
+from recemb.models.base import CTRModel
+from recemb.tables.base import TableEmbedding
+
+# model name -> (config dataclass, model class)
+MODELS: dict[str, tuple[type, type[CTRModel]]] = {
+    "autoint": (AutoIntConfig, AutoInt),
+    "autoint_plus": (AutoIntPlusConfig, AutoInt),
+}
+
+
+def model_config(name: str, settings: dict[str, Any] | None = None) -> Any:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}{closest(name, MODELS)}; known models: {sorted(MODELS)}")
+    return from_mapping(MODELS[name][0], settings or {})
+
+
+def build_model(embedding: TableEmbedding, cfg: Any) -> CTRModel:
+    """The model named by `cfg.name`, around `embedding`."""
+    name = getattr(cfg, "name", None)
+    if name not in MODELS:
+        raise TypeError(f"cfg must be a model config ({sorted(MODELS)}), got {type(cfg).__name__}")
+    return MODELS[name][1](embedding, cfg)
+
+
+__all__ = ["MODELS", "AutoInt", "AutoIntConfig", "AutoIntPlusConfig", "CTRModel", "build_model", "model_config"]

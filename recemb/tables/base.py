@@ -1,0 +1,128 @@
+"""The table contract: raw ids -> id transform -> one fused store -> combine -> vectors."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recemb.features import Schema
+from recemb.storage import EmbeddingStore, MemoryReport, StoreLayout, StoreSettings, build_store
+from recemb.storage.layout import BYTES_PER_FLOAT
+
+VIEWS: tuple[str, ...] = ("representation", "attention")
+
+
+@dataclass
+class Embedded:
+    """What a table returns for a batch.
+
+    pooled: [B, F, D] for the schema's pooled features, in schema order.
+    sequences: name -> (padded [B, L, D], mask [B, L], True where an item is present).
+    """
+
+    pooled: Tensor
+    sequences: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+
+class TableEmbedding(nn.Module, ABC):
+    """Base of every kind. A subclass says which physical tables and lookups it needs
+    (`layout`) and how raw ids become store rows and rows become vectors (`forward`).
+
+    Every kind answers every view: an ordinary table gives the same vectors for the
+    `representation` and the `attention` view, so every model accepts every kind.
+    """
+
+    def __init__(self, schema: Schema, settings: StoreSettings) -> None:
+        super().__init__()
+        self.schema = schema
+        self.settings = settings
+        self._keys = list(schema.names)
+        self._cardinalities = torch.tensor([f.cardinality for f in schema.sparse])
+
+    def _build_store(self) -> None:
+        """Called by subclasses once the attributes `layout()` reads are set."""
+        self.store: EmbeddingStore = build_store(self.layout(), self.settings)
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Width D of each output vector."""
+
+    @abstractmethod
+    def layout(self) -> StoreLayout:
+        """The physical tables and the store keys this kind reads."""
+
+    @abstractmethod
+    def embed(self, kjt: KeyedJaggedTensor) -> Embedded:
+        """Vectors for a KJT already checked by `check_input`."""
+
+    def forward(self, kjt: KeyedJaggedTensor, view: str = "representation") -> Embedded:
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        self.check_input(kjt)
+        return self.embed(kjt)
+
+    # -- input checks shared by all kinds ------------------------------------------------
+    def check_input(self, kjt: KeyedJaggedTensor) -> None:
+        keys = list(kjt.keys())
+        if keys != self._keys:
+            missing = [k for k in self._keys if k not in keys]
+            unknown = [k for k in keys if k not in self._keys]
+            raise KeyError(
+                f"the batch's sparse features must be exactly {self._keys} in schema order; "
+                f"missing {missing}, unknown {unknown}"
+                + ("" if missing or unknown else f", got order {keys}")
+            )
+        if kjt.values().dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"sparse ids must be int64 or int32, got {kjt.values().dtype}")
+        if kjt.stride() < 1:
+            raise ValueError("empty batch: a lookup needs at least one sample")
+
+    def check_id_range(self, kjt: KeyedJaggedTensor) -> None:
+        """Refuse raw ids outside [0, cardinality) (for kinds that do not hash)."""
+        values, start = kjt.values(), 0
+        for spec, n in zip(self.schema.sparse, kjt.length_per_key()):
+            if n:
+                lo, hi = (int(v) for v in torch.aminmax(values[start : start + n]))
+                if lo < 0 or hi >= spec.cardinality:
+                    raise IndexError(
+                        f"feature {spec.name!r}: id {lo if lo < 0 else hi} is outside [0, {spec.cardinality}) "
+                        f"(its cardinality); map unseen ids to an OOV id, or use oov='row'"
+                    )
+            start += n
+
+    def values_cardinality(self, kjt: KeyedJaggedTensor) -> Tensor:
+        """[nnz]: the cardinality of each value's feature."""
+        counts = torch.tensor(kjt.length_per_key())
+        return torch.repeat_interleave(self._cardinalities, counts, output_size=kjt.values().numel())
+
+    # -- combine helpers -----------------------------------------------------------------
+    def split_store_output(self, out: Tensor, kjt: KeyedJaggedTensor) -> Embedded:
+        """Embedded from a store output whose keys are the schema's features, one each."""
+        batch = kjt.stride()
+        if not self.schema.sequences:
+            return Embedded(out.view(batch, len(self._keys), -1))
+        parts = self.store.split(out)
+        pooled = torch.stack([parts[f.name] for f in self.schema.pooled], dim=1) if self.schema.pooled else out.new_zeros(batch, 0, self.dim)
+        lengths = kjt.lengths().view(len(self._keys), batch)
+        sequences = {}
+        for i, f in enumerate(self.schema.sparse):
+            if f.is_sequence:
+                mask = torch.arange(f.max_len).unsqueeze(0) < lengths[i].unsqueeze(1)  # [B, L]
+                sequences[f.name] = (parts[f.name], mask)
+        return Embedded(pooled, sequences)
+
+    # -- memory ---------------------------------------------------------------------------
+    def memory(self) -> MemoryReport:
+        """Store tables plus any dense parameters of the kind (counted with Adam's 2 states)."""
+        extra = sum(p.numel() for name, p in self.named_parameters() if not name.startswith("store."))
+        return self.store.memory() + MemoryReport(
+            extra, extra * BYTES_PER_FLOAT, 2 * extra * BYTES_PER_FLOAT
+        )
+
+    def fused_parameters(self) -> list[nn.Parameter]:
+        return self.store.fused_parameters()
