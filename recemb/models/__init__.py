@@ -7,12 +7,20 @@ from typing import Any
 from recemb.config import closest, from_mapping
 from recemb.models.autoint import AutoInt, AutoIntConfig, AutoIntPlusConfig
 from recemb.models.base import CTRModel
+from recemb.models.dcnv2 import DCNv2, DCNv2Config
+from recemb.models.deepfm import DeepFM, DeepFMConfig
+from recemb.models.dlrm import DLRM, DLRMConfig
+from recemb.models.wdl import WDL, WDLConfig
 from recemb.tables.base import TableEmbedding
 
 # model name -> (config dataclass, model class)
 MODELS: dict[str, tuple[type, type[CTRModel]]] = {
     "autoint": (AutoIntConfig, AutoInt),
     "autoint_plus": (AutoIntPlusConfig, AutoInt),
+    "dcnv2": (DCNv2Config, DCNv2),
+    "deepfm": (DeepFMConfig, DeepFM),
+    "dlrm": (DLRMConfig, DLRM),
+    "wdl": (WDLConfig, WDL),
 }
 
 
@@ -30,4 +38,20 @@ def build_model(embedding: TableEmbedding, cfg: Any) -> CTRModel:
     return MODELS[name][1](embedding, cfg)
 
 
-__all__ = ["MODELS", "AutoInt", "AutoIntConfig", "AutoIntPlusConfig", "CTRModel", "build_model", "model_config"]
+__all__ = [
+    "DLRM",
+    "MODELS",
+    "WDL",
+    "AutoInt",
+    "AutoIntConfig",
+    "AutoIntPlusConfig",
+    "CTRModel",
+    "DCNv2",
+    "DCNv2Config",
+    "DLRMConfig",
+    "DeepFM",
+    "DeepFMConfig",
+    "WDLConfig",
+    "build_model",
+    "model_config",
+]
