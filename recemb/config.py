@@ -42,9 +42,15 @@ def _coerce(owner: str, field: str, annotation: Any, value: Any) -> Any:
                 return value.lower() in ("true", "1", "yes")
             return bool(value)
         if annotation is int:
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                number = float(value)  # '1e6' is an int written as a float; '2.5' is not
+                if not number.is_integer():
+                    raise ValueError(value) from None
+                return int(number)
         if annotation is float:
             return float(value)
         if annotation is str:

@@ -177,10 +177,27 @@ class EmbeddingStore(nn.Module, ABC):
         ebc.load_state_dict(self.ebc_state_dict())
         return ebc
 
+    def optimizer_steps(self) -> dict[str, int]:
+        """Per table, the optimizer steps taken (Adam's bias correction reads it); stores
+        whose optimizers keep no step count return {}."""
+        return {}
+
+    def load_optimizer_steps(self, steps: dict[str, int]) -> None:
+        """Restore what `optimizer_steps` returned."""
+
+    def check_state_count(self, table: str, own: list[Tensor], loaded: list[Tensor]) -> None:
+        if len(own) != len(loaded):
+            raise ValueError(
+                f"table {table!r}: optimizer state has {len(loaded)} tensors, but {self.optimizer.name!r} keeps "
+                f"{len(own)}; load a state saved with the same optimizer"
+            )
+
     def store_state(self) -> dict[str, object]:
-        """Weights and optimizer state, for checkpoints (same format for every store kind)."""
-        return {"weights": self.table_weights(), "optimizer": self.optimizer_states()}
+        """Weights, optimizer state and step counts, for checkpoints (one format for every
+        store kind, so a state saved from one loads into another)."""
+        return {"weights": self.table_weights(), "optimizer": self.optimizer_states(), "steps": self.optimizer_steps()}
 
     def load_store_state(self, state: dict[str, object]) -> None:
         self.load_table_weights(state["weights"])  # type: ignore[arg-type]
         self.load_optimizer_states(state["optimizer"])  # type: ignore[arg-type]
+        self.load_optimizer_steps(state.get("steps", {}))  # type: ignore[arg-type]

@@ -23,6 +23,12 @@ class TableSpec:
     init_bound: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("TableSpec.name must be a non-empty string")
+        if self.init_std < 0:
+            raise ValueError(f"TableSpec.init_std of table {self.name!r} must be >= 0, got {self.init_std}")
+        if self.init_bound < 0:
+            raise ValueError(f"TableSpec.init_bound of table {self.name!r} must be >= 0, got {self.init_bound}")
         if self.rows < 1:
             raise ValueError(f"TableSpec.rows of table {self.name!r} must be >= 1, got {self.rows}")
         if self.dim < 1:
@@ -73,6 +79,9 @@ class StoreLayout:
         for lk in self.lookups:
             if lk.table not in names:
                 raise ValueError(f"lookup {lk.key!r} reads table {lk.table!r}, which is not among {names}")
+        unread = [n for n in names if n not in {lk.table for lk in self.lookups}]
+        if unread:
+            raise ValueError(f"StoreLayout.tables {unread} are read by no lookup; every table needs a reader")
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -108,7 +117,15 @@ class StoreLayout:
         configs = []
         for t in self.tables:
             readers = [lk for lk in self.lookups if lk.table == t.name]
-            mean = any(lk.pooling == "mean" for lk in readers)
+            poolings = {lk.pooling for lk in readers if lk.pooling != "none"}
+            if len(poolings) > 1:
+                # torchrec pools per table: one of the readers would silently get the other's pooling
+                raise ValueError(
+                    f"table {t.name!r} is read with both sum and mean pooling "
+                    f"({[(lk.key, lk.pooling) for lk in readers]}); torchrec pools per table, so an "
+                    f"EmbeddingBagCollection cannot serve it"
+                )
+            mean = poolings == {"mean"}
             configs.append(
                 EmbeddingBagConfig(
                     name=t.name,

@@ -39,6 +39,11 @@ class EmbeddingOptimizer:
             raise ValueError(f"EmbeddingOptimizer.name must be one of {OPTIMIZERS}, got {self.name!r}")
         if not self.lr > 0:
             raise ValueError(f"EmbeddingOptimizer.lr must be > 0, got {self.lr}")
+        for beta in ("beta1", "beta2"):
+            if not 0 <= getattr(self, beta) < 1:
+                raise ValueError(f"EmbeddingOptimizer.{beta} must be in [0, 1), got {getattr(self, beta)}")
+        if not self.eps > 0:
+            raise ValueError(f"EmbeddingOptimizer.eps must be > 0, got {self.eps}")
         if self.weight_decay != 0 and self.name != "adam":
             raise ValueError(
                 f"EmbeddingOptimizer.weight_decay={self.weight_decay} is only supported with adam; "

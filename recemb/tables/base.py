@@ -41,7 +41,10 @@ class TableEmbedding(nn.Module, ABC):
         self.schema = schema
         self.settings = settings
         self._keys = list(schema.names)
-        self._cardinalities = torch.tensor([f.cardinality for f in schema.sparse])
+        self.register_buffer(
+            "_cardinalities", torch.tensor([f.cardinality for f in schema.sparse]), persistent=False
+        )
+        self._single_rows = [i for i, f in enumerate(schema.sparse) if f.kind == "single"]
 
     def _build_store(self) -> None:
         """Called by subclasses once the attributes `layout()` reads are set."""
@@ -81,6 +84,15 @@ class TableEmbedding(nn.Module, ABC):
             raise TypeError(f"sparse ids must be int64 or int32, got {kjt.values().dtype}")
         if kjt.stride() < 1:
             raise ValueError("empty batch: a lookup needs at least one sample")
+        if self._single_rows:
+            lengths = kjt.lengths().view(len(keys), -1)[self._single_rows]  # [F_single, B]
+            if (lengths != 1).any():
+                row, sample = (int(v) for v in (lengths != 1).nonzero()[0])
+                name = self._keys[self._single_rows[row]]
+                raise ValueError(
+                    f"feature {name!r} is single-valued but sample {sample} has {int(lengths[row, sample])} ids; "
+                    f"give exactly one id (declare it kind='multi_hot' for bags)"
+                )
 
     def check_id_range(self, kjt: KeyedJaggedTensor) -> None:
         """Refuse raw ids outside [0, cardinality) (for kinds that do not hash)."""
@@ -97,7 +109,7 @@ class TableEmbedding(nn.Module, ABC):
 
     def values_cardinality(self, kjt: KeyedJaggedTensor) -> Tensor:
         """[nnz]: the cardinality of each value's feature."""
-        counts = torch.tensor(kjt.length_per_key())
+        counts = torch.tensor(kjt.length_per_key(), device=self._cardinalities.device)
         return torch.repeat_interleave(self._cardinalities, counts, output_size=kjt.values().numel())
 
     # -- combine helpers -----------------------------------------------------------------
@@ -112,7 +124,7 @@ class TableEmbedding(nn.Module, ABC):
         sequences = {}
         for i, f in enumerate(self.schema.sparse):
             if f.is_sequence:
-                mask = torch.arange(f.max_len).unsqueeze(0) < lengths[i].unsqueeze(1)  # [B, L]
+                mask = torch.arange(f.max_len, device=out.device).unsqueeze(0) < lengths[i].unsqueeze(1)  # [B, L]
                 sequences[f.name] = (parts[f.name], mask)
         return Embedded(pooled, sequences)
 
