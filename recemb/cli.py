@@ -100,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model; the last stdout line is a JSON object of test metrics")
     train.add_argument("--config", help="YAML or TOML file with sections data, split, table, model, train, store")
-    train.add_argument("--data", help="synthetic | synthetic:rows=N,... | criteo:PATH")
+    train.add_argument(
+        "--data",
+        help="synthetic | synthetic:rows=N,... | NAME:PATH[?on_bad_lines=skip,...] with NAME one of criteo, "
+        "avazu, frappe, movielens_100k, movielens_1m (a schema in data/), or csv:PATH?schema=FILE",
+    )
     train.add_argument("--split", help="train,valid,test fractions in file order (default 0.7,0.1,0.2)")
     train.add_argument("--model", help="model name (see `recemb models`)")
     train.add_argument("--table", help="kind:key=value,... (see `recemb kinds`), e.g. full:dim=16")

@@ -2,7 +2,7 @@
 
 The config is plain data (what a YAML/TOML file holds, or the CLI builds):
 
-    data: "synthetic" | "synthetic:rows=50000,seed=1" | "criteo:PATH"
+    data: "synthetic" | "synthetic:rows=50000,seed=1" | "NAME:PATH[?option=value,...]"
     split: [0.7, 0.1, 0.2]
     table: {kind: full, dim: 16, ...}          # any registered kind's settings
     model: {name: autoint, layers: 3, ...}     # any registered model's settings
@@ -125,6 +125,7 @@ def run_training(
         "best_epoch": history.best_epoch,
         "valid_auc": history.epochs[history.best_epoch - 1].get("valid_auc") if history.best_epoch > 0 else None,
         "test_rows": len(data.test),
+        "skipped_lines": data.report.get("skipped_lines", 0),
         "kind": table_cfg.kind,
         "model": model_cfg.name,
     }
@@ -144,6 +145,7 @@ def _write_run_record(out: Path, conf, table_cfg, model_cfg, train_cfg, settings
             "train": to_mapping(train_cfg),
             "store": to_mapping(settings),
         },
+        "data": {"spec": conf["data"], **data.report},
         "schema": data.train.schema.to_dict(),
         "history": history.epochs,
         "metrics": metrics,
@@ -153,3 +155,5 @@ def _write_run_record(out: Path, conf, table_cfg, model_cfg, train_cfg, settings
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str))
     if data.vocabularies:
         (out / "vocab.json").write_text(json.dumps(data.vocabularies))
+    if data.dense_stats:
+        (out / "dense_stats.json").write_text(json.dumps(data.dense_stats))
