@@ -17,6 +17,11 @@ same lookup with autograd on (the first half of a training step, graph then drop
 `train` a full step: lookup, loss (pooled * w).sum() with fixed w [F, D], backward, and
 the optimizer (fused into backward for recemb and tbe). Each call gets a fresh KJT over
 pre-built tensors, as from a data loader, so no variant reuses a KJT's caches.
+
+Timing: the variants take turns in rounds (a burst of outside load then hits them alike);
+each turn starts with warm-up calls that refill the caches the others evicted. The `*_ms`
+and ratio keys use the median process CPU time by default (--clock), which leaves out
+time spent waiting for a core on a shared machine; wall-time medians are reported too.
 """
 
 from __future__ import annotations
@@ -159,7 +164,9 @@ def build_torchrec(schema: Schema, batches: Batches, dim: int, seed: int) -> Var
     torch.manual_seed(seed)  # EmbeddingBagCollection initialises from the global generator
     ebc = EmbeddingBagCollection(
         tables=[
-            EmbeddingBagConfig(name=f"t_{f.name}", num_embeddings=f.cardinality, embedding_dim=dim, feature_names=[f.name])
+            EmbeddingBagConfig(
+                name=f"t_{f.name}", num_embeddings=f.cardinality, embedding_dim=dim, feature_names=[f.name]
+            )
             for f in schema.sparse
         ],
         device=torch.device("cpu"),
@@ -213,10 +220,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cap", type=int, default=1_000_000, help="cap on each feature's cardinality (default 1e6)")
     parser.add_argument("--features", type=int, default=26, help="use the first N Criteo features (default 26)")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per variant and mode (default 30)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant before each round (default 2)")
     parser.add_argument(
-        "--rounds", type=int, default=5, help="rounds, each running every variant in turn (default 5)"
+        "--warmup",
+        type=int,
+        default=8,
+        help="untimed calls per variant at the start of each round, to refill the caches the other "
+        "variants evicted (default 8: one pass over the default --batches)",
     )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each running every variant in turn (default 3)")
     parser.add_argument("--batches", type=int, default=8, help="distinct pre-built batches, cycled (default 8)")
     parser.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the ids (default 1.1)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
