@@ -79,8 +79,12 @@ class TBEStore(EmbeddingStore):
         # fbgemm's CPU backward updates a table once per run of consecutive features reading
         # it, so with lookups of different widths interleaved a row read in two runs would
         # get two optimizer steps instead of one on its summed gradient (only sgd is immune).
-        # TBE sees the lookups grouped by merged table (stably); the columns are put back.
-        order = sorted(range(len(layout.lookups)), key=lambda i: self._place[layout.lookups[i].table][0])
+        # TBE sees the lookups grouped by merged table (stably, groups in order of first use:
+        # a layout already grouped is left as it is); the columns are put back.
+        first_use: dict[int, int] = {}
+        for lk in layout.lookups:
+            first_use.setdefault(self._place[lk.table][0], len(first_use))
+        order = sorted(range(len(layout.lookups)), key=lambda i: first_use[self._place[layout.lookups[i].table][0]])
         self._tbe_layout = StoreLayout(layout.tables, tuple(layout.lookups[i] for i in order))
         self._key_order = order if order != sorted(order) else None
         tbe_columns = self._tbe_layout.column_slices()
@@ -161,7 +165,7 @@ class TBEStore(EmbeddingStore):
         if self._has_means:
             out = out * self._mean_scale(kjt, batch)
         if self._key_order is not None:
-            out = out[:, self._column_order]  # back to the layout's key order
+            out = out.index_select(1, self._column_order)  # back to the layout's key order
         return out
 
     def _lookup_no_grad(self, indices: Tensor, offsets: Tensor) -> Tensor:

@@ -8,11 +8,33 @@ from recemb.config import closest, from_mapping, parse_settings
 from recemb.features import Schema
 from recemb.storage import StoreSettings
 from recemb.tables.base import Embedded, TableEmbedding
+from recemb.tables.double_hash import DoubleHash, DoubleHashEmbedding
 from recemb.tables.full import Full, FullEmbedding
+from recemb.tables.hash_embedding import HashEmbedding, HashEmbeddingEmbedding
+from recemb.tables.hashed import Hashed, HashedEmbedding
+from recemb.tables.qr import QR, QREmbedding
+from recemb.tables.robe import Robe, RobeEmbedding
+from recemb.tables.unified import Unified, UnifiedEmbedding
 
 # kind name -> (config dataclass, module class)
-KINDS: dict[str, type] = {"full": Full}
-_MODULES: dict[str, type[TableEmbedding]] = {"full": FullEmbedding}
+KINDS: dict[str, type] = {
+    "full": Full,
+    "hashed": Hashed,
+    "double_hash": DoubleHash,
+    "qr": QR,
+    "hash_embedding": HashEmbedding,
+    "robe": Robe,
+    "unified": Unified,
+}
+_MODULES: dict[str, type[TableEmbedding]] = {
+    "full": FullEmbedding,
+    "hashed": HashedEmbedding,
+    "double_hash": DoubleHashEmbedding,
+    "qr": QREmbedding,
+    "hash_embedding": HashEmbeddingEmbedding,
+    "robe": RobeEmbedding,
+    "unified": UnifiedEmbedding,
+}
 
 
 def kind_config(kind: str) -> type:
@@ -42,4 +64,24 @@ def build_embedding(schema: Schema, cfg: Any, settings: StoreSettings | None = N
     return _MODULES[kind](schema, cfg, settings or StoreSettings())
 
 
-__all__ = ["KINDS", "Embedded", "Full", "FullEmbedding", "TableEmbedding", "build_embedding", "parse_table"]
+__all__ = [
+    "KINDS",
+    "QR",
+    "DoubleHash",
+    "DoubleHashEmbedding",
+    "Embedded",
+    "Full",
+    "FullEmbedding",
+    "HashEmbedding",
+    "HashEmbeddingEmbedding",
+    "Hashed",
+    "HashedEmbedding",
+    "QREmbedding",
+    "Robe",
+    "RobeEmbedding",
+    "TableEmbedding",
+    "Unified",
+    "UnifiedEmbedding",
+    "build_embedding",
+    "parse_table",
+]
