@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import math
@@ -11,6 +12,7 @@ import sys
 import typing
 from typing import Any
 
+from recemb.bench import BENCHES
 from recemb.config import load_config_file, parse_settings
 
 
@@ -131,11 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
-    from recemb.bench import lookup
-
-    lk = bench_sub.add_parser("lookup", help="embedding lookup: recemb vs raw TBE vs nn.EmbeddingBag vs torchrec")
-    lookup.add_arguments(lk)
-    lk.set_defaults(func=cmd_bench, bench_run=lookup.run)
+    for name, (module_name, text) in BENCHES.items():
+        module = importlib.import_module(module_name)
+        one = bench_sub.add_parser(name, help=text)
+        module.add_arguments(one)
+        one.set_defaults(func=cmd_bench, bench_run=module.run)
     return parser
 
 
