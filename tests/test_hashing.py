@@ -126,6 +126,32 @@ def test_per_value_bucket_sizes_equal_one_size_at_a_time():
     assert torch.equal(got[500:], hash_to_buckets(ids[500:], feature_salt(0, "b"), 37))
 
 
+def test_numpy_path_equals_the_torch_path():
+    """On the CPU the hashes run in numpy; other devices run the torch steps. Both give the
+    same bits for every id, salt (one, or one per id) and bucket size (one, or one per id),
+    int32 ids included, and neither writes into its inputs."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.cat([torch.tensor(EXTREMES), torch.randint(-(2**63), 2**63 - 1, (5_000,), generator=gen)])
+    per_id_salt = torch.randint(-(2**63), 2**63 - 1, ids.shape, generator=gen)
+    before = (ids.clone(), per_id_salt.clone())
+    for salt in (0, feature_salt(0, "C1"), -1, 2**63 - 1, per_id_salt):
+        torch_hashes = recemb.hashing._salted_hash_torch(ids, salt)
+        assert torch.equal(salted_hash(ids, salt), torch_hashes)
+        sizes = [*BUCKET_SIZES, torch.tensor(BUCKET_SIZES).repeat(ids.numel())[: ids.numel()]]
+        sizes.append(sizes[-1].clamp(max=FAST_RANGE_LIMIT - 1))
+        for buckets in sizes:
+            want = recemb.hashing._bucketize_torch(torch_hashes, buckets)
+            assert torch.equal(hash_to_buckets(ids, salt, buckets), want), buckets
+            assert torch.equal(bucketize(torch_hashes, buckets), want), buckets
+    small = ids.int()
+    want = recemb.hashing._bucketize_torch(recemb.hashing._salted_hash_torch(small, 5), 1000)
+    assert torch.equal(hash_to_buckets(small, 5, 1000), want)
+    hashes = salted_hash(ids, 3)
+    kept = hashes.clone()
+    bucketize(hashes, 1000)
+    assert torch.equal(hashes, kept) and torch.equal(ids, before[0]) and torch.equal(per_id_salt, before[1])
+
+
 def test_bucketize_refuses_zero_buckets():
     with pytest.raises(ValueError, match="buckets must be >= 1, got 0"):
         bucketize(torch.zeros(3, dtype=torch.int64), 0)

@@ -1,5 +1,7 @@
 """`recemb bench lookup`: embedding lookup and training step, recemb against the usual ways.
 
+With --kinds, it compares table kinds at one memory budget instead (kinds_lookup.py).
+
 Workload: Criteo-like, 26 single-valued features (Kaggle cardinalities capped at --cap),
 Zipf ids with scrambled ranks, a few distinct batches cycled, one CPU thread. Variants:
 
@@ -240,11 +242,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "machine) or wall time; both are reported per variant",
     )
     parser.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)} (default all)"
+        "--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} (default all)"
+    )
+    parser.add_argument(
+        "--kinds",
+        default=None,
+        help="comma-separated table kinds, e.g. full,hashed,unified: instead of the variants, time each kind's "
+        "forward, train step and id transform at --budget-ratio of full's bytes, against full (always "
+        "included) in the same run; the JSON's `kinds` holds, per kind, bytes, train_speedup_vs_full, "
+        "forward_speedup_vs_full and hashing_share (id transform / forward)",
+    )
+    parser.add_argument(
+        "--budget-ratio",
+        type=float,
+        default=0.1,
+        help="with --kinds: each kind's parameter bytes as a fraction of full's (default 0.1)",
     )
 
 
-def _parse_variants(text: str) -> list[str]:
+def _parse_variants(text: str | None) -> list[str]:
+    if text is None:
+        return list(VARIANTS)
     names = [v.strip() for v in text.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown or not names:
@@ -253,13 +271,16 @@ def _parse_variants(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Build every variant, time its modes, print a table, return the results."""
+    """Build every variant, time its modes, print a table, return the results (with
+    --kinds: the comparison of table kinds, kinds_lookup.run)."""
+    if args.kinds is not None:
+        if args.variants is not None:
+            raise ValueError("give --kinds (table kinds against full) or --variants (recemb against others), not both")
+        from recemb.bench import kinds_lookup  # imported here: it imports this module
+
+        return kinds_lookup.run(args)
     names = _parse_variants(args.variants)
-    for opt in ("batch", "dim", "cap", "repeats", "batches", "threads", "rounds"):
-        if getattr(args, opt) < 1:
-            raise ValueError(f"--{opt} must be >= 1, got {getattr(args, opt)}")
-    if args.warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    check_options(args)
     torch.set_num_threads(args.threads)
     schema = criteo_schema(args.features, args.cap)
     batches = Batches(zipf_batches(schema, args.batch, args.batches, args.zipf, args.seed))
@@ -276,6 +297,15 @@ def run(args: argparse.Namespace) -> dict:
     result = _results(args, schema, variants, timings)
     _print_table(result)
     return result
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse sizes and counts the benchmark cannot run with."""
+    for opt in ("batch", "dim", "cap", "repeats", "batches", "threads", "rounds"):
+        if getattr(args, opt) < 1:
+            raise ValueError(f"--{opt} must be >= 1, got {getattr(args, opt)}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
 
 
 def _results(

@@ -13,6 +13,14 @@ from recemb.storage.layout import BYTES_PER_FLOAT, StoreLayout
 from recemb.storage.optim import EmbeddingOptimizer
 
 
+def length_per_key(kjt: KeyedJaggedTensor) -> list[int]:
+    """Ids per key. torchrec's `kjt.length_per_key()` sums every length; when the KJT has
+    offsets and no cached sums, reading the offsets at key boundaries takes F + 1 reads."""
+    if kjt.length_per_key_or_none() is not None or kjt.variable_stride_per_key() or kjt.offsets_or_none() is None:
+        return kjt.length_per_key()
+    return kjt.offsets()[:: kjt.stride()].diff().tolist()  # key k: offsets[k*B] .. offsets[(k+1)*B]
+
+
 @dataclass(frozen=True)
 class MemoryReport:
     """Parameters and bytes of some tables, with the optimizer state counted apart."""

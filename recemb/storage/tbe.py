@@ -30,7 +30,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
 from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recemb.storage.base import EmbeddingStore
+from recemb.storage.base import EmbeddingStore, length_per_key
 from recemb.storage.layout import StoreLayout
 from recemb.storage.optim import EmbeddingOptimizer
 
@@ -158,7 +158,7 @@ class TBEStore(EmbeddingStore):
             indices = indices.long()
             if self._needs_offsets:
                 if counts is None:
-                    indices = indices + self._value_row_offsets(_length_per_key(kjt))
+                    indices = indices + self._value_row_offsets(length_per_key(kjt))
                 else:
                     indices = indices + torch.repeat_interleave(self._row_offsets, counts, output_size=indices.numel())
             out = self.tbe(indices, offsets.long())  # [B, width]
@@ -187,9 +187,9 @@ class TBEStore(EmbeddingStore):
             self.tbe.output_dtype,
         )
 
-    def _value_row_offsets(self, length_per_key: list[int]) -> Tensor:
+    def _value_row_offsets(self, per_key: list[int]) -> Tensor:
         """[nnz]: the first merged row of each value's table (keys' values end to end)."""
-        counts = tuple(length_per_key)
+        counts = tuple(per_key)
         cached = self._offsets_cache
         if cached is None or cached[0] != counts or cached[1].device != self._row_offsets.device:
             repeats = torch.tensor(counts, device=self._row_offsets.device)
@@ -253,14 +253,6 @@ class TBEStore(EmbeddingStore):
 
     def fused_parameters(self) -> list[nn.Parameter]:
         return list(self.tbe.parameters())
-
-
-def _length_per_key(kjt: KeyedJaggedTensor) -> list[int]:
-    """kjt.length_per_key(); when the KJT has not computed it yet, read it off the offsets
-    at key boundaries (F + 1 reads) rather than summing every length as torchrec does."""
-    if kjt.length_per_key_or_none() is not None or kjt.variable_stride_per_key():
-        return kjt.length_per_key()
-    return kjt.offsets()[:: kjt.stride()].diff().tolist()  # key k: offsets[k*B] .. offsets[(k+1)*B]
 
 
 HUGE_PAGE = 2 << 20

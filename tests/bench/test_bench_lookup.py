@@ -2,14 +2,16 @@
 and the result has its keys. No timing is asserted (machines are shared and noisy)."""
 
 import argparse
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from recemb.bench import lookup
+from recemb.bench import kinds_lookup, lookup
 from recemb.bench.timing import time_fn, time_interleaved
 from recemb.bench.workload import CRITEO_CARDINALITIES, criteo_schema, zipf_batches, zipf_ids
+from recemb.tables import KINDS
 
 TINY = ["--features", "3", "--cap", "500", "--batch", "32", "--repeats", "2", "--warmup", "1", "--batches", "2"]
 
@@ -60,6 +62,59 @@ def test_bad_options_are_refused():
         lookup.run(parse([*TINY, "--variants", "recemb,nope"]))
     with pytest.raises(ValueError, match="features"):
         criteo_schema(features=27)
+
+
+KINDS_UNDER_TEST = "full,hashed,double_hash,qr,hash_embedding,robe,unified"
+
+
+def test_kinds_mode_prints_per_kind_ratios_to_full_as_the_last_json_line(capsys):
+    threads = torch.get_num_threads()
+    try:
+        lookup.main([*TINY, "--kinds", KINDS_UNDER_TEST, "--budget-ratio", "0.1"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert "hashing" in out[1] and "variants" not in result  # the table, and only the kinds' comparison
+    assert list(result["kinds"]) == KINDS_UNDER_TEST.split(",")
+    assert result["settings"]["budget_ratio"] == 0.1 and result["settings"]["kinds"] == list(result["kinds"])
+    full = result["kinds"]["full"]
+    assert full["train_speedup_vs_full"] == full["forward_speedup_vs_full"] == 1.0 and full["bytes_vs_full"] == 1.0
+    for name, row in result["kinds"].items():
+        for key in ("train_speedup_vs_full", "forward_speedup_vs_full", "train_speedup_vs_full_wall"):
+            assert isinstance(row[key], float) and row[key] > 0, (name, key)
+        assert isinstance(row["bytes"], int) and row["bytes"] > 0
+        assert row["forward_ms"] > 0 and row["train_ms"] > 0 and row["transform_ms"] > 0
+        assert row["hashing_share"] == pytest.approx(row["transform_ms"] / row["forward_ms"])
+        if name != "full":
+            assert row["bytes"] <= 0.1 * full["bytes"], name  # each kind fits the budget
+
+
+def test_kinds_mode_through_the_cli_keeps_the_json_last(capsys):
+    from recemb import cli
+
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(["bench", "lookup", *TINY, "--kinds", "unified", "--budget-ratio", "0.2"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(result["kinds"]) == ["full", "unified"]  # full is always the baseline
+    assert result["kinds"]["unified"]["bytes_vs_full"] <= 0.2
+
+
+def test_kinds_mode_refuses_bad_options():
+    with pytest.raises(ValueError, match="did you mean 'hashed'"):
+        lookup.run(parse([*TINY, "--kinds", "hashd"]))
+    with pytest.raises(ValueError, match="not both"):
+        lookup.run(parse([*TINY, "--kinds", "hashed", "--variants", "recemb"]))
+    with pytest.raises(ValueError, match="--budget-ratio"):
+        lookup.run(parse([*TINY, "--kinds", "hashed", "--budget-ratio", "0"]))
+    for kind, cls in KINDS.items():  # kinds that cannot be sized to a budget (decoupled wraps two)
+        if kind != "full" and "budget_ratio" not in {f.name for f in dataclasses.fields(cls)}:
+            with pytest.raises(ValueError, match="no budget_ratio"):
+                kinds_lookup.kind_config(kind, 16, 0.1)
+    assert kinds_lookup.parse_kinds("unified, full,unified") == ["full", "unified"]
 
 
 def test_zipf_ids_are_in_range_skewed_and_seeded():
