@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -22,15 +25,63 @@ class Embedded:
 
     pooled: [B, F, D] for the schema's pooled features, in schema order.
     sequences: name -> (padded [B, L, D], mask [B, L], True where an item is present).
+    attention: the attention view, where a kind keeps one apart from the representation
+    (the decoupled kind; its width may differ); None means "the same vectors".
     """
 
     pooled: Tensor
     sequences: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    attention: Embedded | None = None
+
+    def view(self, name: str) -> Embedded:
+        """The `representation` (this) or `attention` view."""
+        if name not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {name!r}")
+        return self.attention if name == "attention" and self.attention is not None else self
+
+
+_DEFERRED = ContextVar("recemb_deferred_store", default=False)
+
+
+@contextmanager
+def deferred_store() -> Iterator[None]:
+    """Kinds built inside this block allocate no store: they hold a `StoreView` (their
+    layout only), so a kind that wraps them (decoupled) can put their tables in its own
+    store and call their `store_input` / `combine_output` around one lookup."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+class StoreView:
+    """The layout of a store that another kind's store holds: what `combine_output` reads."""
+
+    def __init__(self, layout: StoreLayout) -> None:
+        self.layout = layout
+
+    def split(self, out: Tensor) -> dict[str, Tensor]:
+        """As EmbeddingStore.split: pooled [B, D], sequence [B, max_len, D] per key."""
+        parts = {}
+        for key, cols in self.layout.column_slices().items():
+            lookup = self.layout.lookup(key)
+            part = out[:, cols]
+            parts[key] = part.view(out.shape[0], lookup.max_len, -1) if lookup.pooling == "none" else part
+        return parts
+
+    def __call__(self, *args: object, **kwargs: object) -> Tensor:
+        raise RuntimeError(
+            "this table was built with deferred_store(): its tables live in the store of the kind that "
+            "wraps it; call that kind instead"
+        )
 
 
 class TableEmbedding(nn.Module, ABC):
     """Base of every kind. A subclass says which physical tables and lookups it needs
-    (`layout`) and how raw ids become store rows and rows become vectors (`forward`).
+    (`layout`), how raw ids become store rows (`store_input`) and how the store's output
+    becomes vectors (`combine_output`); `embed` runs the three steps. A kind that overrides
+    `embed` instead works alone, but cannot be wrapped by another kind (decoupled).
 
     Every kind answers every view: an ordinary table gives the same vectors for the
     `representation` and the `attention` view, so every model accepts every kind.
@@ -47,8 +98,12 @@ class TableEmbedding(nn.Module, ABC):
         self._single_rows = [i for i, f in enumerate(schema.sparse) if f.kind == "single"]
 
     def _build_store(self) -> None:
-        """Called by subclasses once the attributes `layout()` reads are set."""
-        self.store: EmbeddingStore = build_store(self.layout(), self.settings)
+        """Called by subclasses once the attributes `layout()` reads are set. Inside
+        `deferred_store()` the kind gets only a view of its layout, no tables."""
+        layout = self.layout()
+        self.store: EmbeddingStore | StoreView = (
+            StoreView(layout) if _DEFERRED.get() else build_store(layout, self.settings)
+        )
 
     @property
     @abstractmethod
@@ -59,15 +114,25 @@ class TableEmbedding(nn.Module, ABC):
     def layout(self) -> StoreLayout:
         """The physical tables and the store keys this kind reads."""
 
-    @abstractmethod
+    def store_input(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """The id transform: the store's KJT (keys `layout().keys`, rows in range) for a
+        KJT already checked by `check_input`."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement store_input")
+
+    def combine_output(self, out: Tensor, kjt: KeyedJaggedTensor) -> Embedded:
+        """Vectors from the store's output [B, layout().width] for the input `kjt`."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement combine_output")
+
     def embed(self, kjt: KeyedJaggedTensor) -> Embedded:
         """Vectors for a KJT already checked by `check_input`."""
+        out = self.store(self.store_input(kjt), check_ids=False)  # store_input gives rows in range
+        return self.combine_output(out, kjt)
 
     def forward(self, kjt: KeyedJaggedTensor, view: str = "representation") -> Embedded:
         if view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
         self.check_input(kjt)
-        return self.embed(kjt)
+        return self.embed(kjt).view(view)
 
     # -- input checks shared by all kinds ------------------------------------------------
     def check_input(self, kjt: KeyedJaggedTensor) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch import Tensor
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recemb.features import Schema
@@ -61,19 +62,20 @@ class FullEmbedding(TableEmbedding):
         )
         return StoreLayout(tables, lookups)
 
-    def embed(self, kjt: KeyedJaggedTensor) -> Embedded:
+    def store_input(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
         if self.cfg.oov == "error":
             self.check_id_range(kjt)
-        else:
-            # the OOV row of a table is its last: index `cardinality`
-            values, cardinality = kjt.values(), self.values_cardinality(kjt)
-            in_range = (values >= 0) & (values < cardinality)
-            kjt = KeyedJaggedTensor(
-                keys=kjt.keys(),
-                values=torch.where(in_range, values, cardinality),
-                lengths=kjt.lengths(),
-                offsets=kjt.offsets(),
-                stride=kjt.stride(),
-            )
-        out = self.store(kjt, check_ids=False)  # ids were range-checked or remapped above
+            return kjt
+        # the OOV row of a table is its last: index `cardinality`
+        values, cardinality = kjt.values(), self.values_cardinality(kjt)
+        in_range = (values >= 0) & (values < cardinality)
+        return KeyedJaggedTensor(
+            keys=kjt.keys(),
+            values=torch.where(in_range, values, cardinality),
+            lengths=kjt.lengths(),
+            offsets=kjt.offsets(),
+            stride=kjt.stride(),
+        )
+
+    def combine_output(self, out: Tensor, kjt: KeyedJaggedTensor) -> Embedded:
         return self.split_store_output(out, kjt)
