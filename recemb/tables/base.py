@@ -14,6 +14,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recemb.features import Schema
 from recemb.storage import EmbeddingStore, MemoryReport, StoreLayout, StoreSettings, build_store
+from recemb.storage.base import length_per_key
 from recemb.storage.layout import BYTES_PER_FLOAT
 
 VIEWS: tuple[str, ...] = ("representation", "attention")
@@ -150,19 +151,34 @@ class TableEmbedding(nn.Module, ABC):
         if kjt.stride() < 1:
             raise ValueError("empty batch: a lookup needs at least one sample")
         if self._single_rows:
-            lengths = kjt.lengths().view(len(keys), -1)[self._single_rows]  # [F_single, B]
-            if (lengths != 1).any():
-                row, sample = (int(v) for v in (lengths != 1).nonzero()[0])
-                name = self._keys[self._single_rows[row]]
-                raise ValueError(
-                    f"feature {name!r} is single-valued but sample {sample} has {int(lengths[row, sample])} ids; "
-                    f"give exactly one id (declare it kind='multi_hot' for bags)"
-                )
+            self._check_single_valued(kjt.lengths().view(len(keys), -1))
+
+    def _check_single_valued(self, lengths: Tensor) -> None:
+        """Refuse a single-valued feature with 0 or several ids in a sample. lengths [F, B]."""
+        if len(self._single_rows) == len(self._keys):  # the usual CTR batch: one pass, no gather
+            lo, hi = torch.aminmax(lengths)
+            if int(lo) == 1 and int(hi) == 1:
+                return
+        single = lengths[self._single_rows]  # [F_single, B]
+        if (single != 1).any():
+            row, sample = (int(v) for v in (single != 1).nonzero()[0])
+            name = self._keys[self._single_rows[row]]
+            raise ValueError(
+                f"feature {name!r} is single-valued but sample {sample} has {int(single[row, sample])} ids; "
+                f"give exactly one id (declare it kind='multi_hot' for bags)"
+            )
 
     def check_id_range(self, kjt: KeyedJaggedTensor) -> None:
         """Refuse raw ids outside [0, cardinality) (for kinds that do not hash)."""
-        values, start = kjt.values(), 0
-        for spec, n in zip(self.schema.sparse, kjt.length_per_key()):
+        values = kjt.values()
+        per_key = length_per_key(kjt)
+        if values.numel() and min(per_key) == max(per_key):  # same count per key: one pass
+            lo, hi = torch.aminmax(values.view(len(per_key), -1), dim=1)  # [F]
+            bad = (lo < 0) | (hi >= self._cardinalities)
+            if not bool(bad.any()):
+                return
+        start = 0
+        for spec, n in zip(self.schema.sparse, per_key):
             if n:
                 lo, hi = (int(v) for v in torch.aminmax(values[start : start + n]))
                 if lo < 0 or hi >= spec.cardinality:
