@@ -42,3 +42,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Benchmark-only peer of `recemb bench train`: DeepCTR-Torch, without its dependencies (it
+# would pull another torch; the ones it imports, torch, tqdm and scikit-learn, are here).
+.PHONY: bench-env
+bench-env: $(STAMP)
+	$(PIP) install -q --no-deps deepctr-torch==0.3.0

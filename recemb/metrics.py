@@ -48,3 +48,30 @@ def paired_bootstrap_auc_diff(
     point = auc(labels, probs_b) - auc(labels, probs_a)
     low, high = np.percentile(diffs, [2.5, 97.5]) if diffs else (math.nan, math.nan)
     return point, float(low), float(high)
+
+
+def gauc(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> float:
+    """Group AUC (Zhou et al., DIN, KDD 2018): the AUC within each group (user), averaged
+    with the group's number of rows as weight, over the groups that have both a positive
+    and a negative row (others have no AUC and are left out). NaN (with a warning) when no
+    group has both. Ties within a group count one half, as in roc_auc_score."""
+    import pandas as pd
+
+    labels, probs, groups = np.asarray(labels), np.asarray(probs), np.asarray(groups)
+    if not labels.shape == probs.shape == groups.shape or labels.ndim != 1:
+        raise ValueError(
+            f"gauc needs labels, probs and groups of one length, got shapes "
+            f"{labels.shape}, {probs.shape}, {groups.shape}"
+        )
+    frame = pd.DataFrame({"group": groups, "label": labels.astype(np.float64), "prob": probs})
+    frame["rank"] = frame.groupby("group")["prob"].rank(method="average")  # 1-based, ties averaged
+    frame["pos_rank"] = frame["rank"] * frame["label"]
+    per = frame.groupby("group").agg(n=("label", "size"), pos=("label", "sum"), pos_rank=("pos_rank", "sum"))
+    per["neg"] = per["n"] - per["pos"]
+    per = per[(per["pos"] > 0) & (per["neg"] > 0)]
+    if per.empty:
+        log.warning("GAUC undefined: none of the %d groups has both classes", frame["group"].nunique())
+        return math.nan
+    # Mann-Whitney: AUC = (sum of positives' ranks - P(P+1)/2) / (P·N)
+    group_auc = (per["pos_rank"] - per["pos"] * (per["pos"] + 1) / 2) / (per["pos"] * per["neg"])
+    return float(np.average(group_auc, weights=per["n"]))

@@ -27,9 +27,9 @@ import torch
 from recemb.config import from_mapping, to_mapping
 from recemb.data import DataSplits, load_dataset
 from recemb.models import build_model, model_config
-from recemb.storage import StoreSettings
+from recemb.storage import MemoryReport, StoreSettings
 from recemb.tables import build_embedding, table_from_mapping
-from recemb.train import TrainConfig, Trainer, evaluate, predict, seed_everything
+from recemb.train import History, TrainConfig, Trainer, evaluate, predict, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,44 @@ def run_training(
     conf: dict[str, Any], out_dir: str | Path | None = None, resume: bool = False, data: DataSplits | None = None
 ) -> RunResult:
     """Train the configured model and report test metrics (model chosen on validation)."""
+    conf, train_cfg, settings, table_cfg, model_cfg = resolve_config(conf)
+
+    from recemb.pruning.procedures import PROCEDURES, StageContext, save_trained
+
+    data = data or load_dataset(conf["data"], tuple(conf["split"]))
+    procedure = PROCEDURES.get(table_cfg.kind)  # kinds trained in stages (optembed, dnis)
+    stages, arch = {}, None
+    if procedure is None:
+        seed_everything(train_cfg.seed)
+        embedding = build_embedding(data.train.schema, table_cfg, settings)
+        model = build_model(embedding, model_cfg)
+        trainer = Trainer(model, train_cfg, out_dir)
+        if resume:
+            trainer.try_resume()
+        history = trainer.fit(data.train, data.valid)
+    else:
+        if resume:
+            raise ValueError(
+                f"resume is not supported for table kind {table_cfg.kind!r}, whose training runs in stages; "
+                f"start the run again"
+            )
+        staged = procedure(StageContext(data, table_cfg, model_cfg, train_cfg, settings))
+        model, history, stages, arch = staged.model, staged.history, staged.stages, staged.arch
+        embedding = model.embedding
+
+    test = evaluate(model, data.test, train_cfg.eval_batch_size, data.groups.get("test"))
+    metrics = run_metrics(test, embedding.memory(), history, data, table_cfg, model_cfg)
+    if stages:
+        metrics["stages"] = stages  # each stage's test AUC, log loss and bytes
+    if out_dir is not None:
+        write_run_record(Path(out_dir), conf, table_cfg, model_cfg, train_cfg, settings, data, history, metrics)
+        save_trained(Path(out_dir), model, arch)  # model.pt, for kinds that `recemb export` reads
+    probs = predict(model, data.test, train_cfg.eval_batch_size)
+    return RunResult(metrics, probs, data.test.labels.numpy())
+
+
+def resolve_config(conf: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig, StoreSettings, Any, Any]:
+    """The config on top of DEFAULTS, and its train, store, table and model settings."""
     conf = merge_config(DEFAULTS, conf)
     train_cfg = from_mapping(TrainConfig, conf["train"])
     store = dict(conf["store"])
@@ -102,20 +140,16 @@ def run_training(
     table_cfg = table_from_mapping(conf["table"])
     model_settings = dict(conf["model"])
     model_cfg = model_config(model_settings.pop("name"), model_settings)
+    return conf, train_cfg, settings, table_cfg, model_cfg
 
-    data = data or load_dataset(conf["data"], tuple(conf["split"]))
-    seed_everything(train_cfg.seed)
-    embedding = build_embedding(data.train.schema, table_cfg, settings)
-    model = build_model(embedding, model_cfg)
-    trainer = Trainer(model, train_cfg, out_dir)
-    if resume:
-        trainer.try_resume()
-    history = trainer.fit(data.train, data.valid)
 
-    test = evaluate(model, data.test, train_cfg.eval_batch_size)
-    memory = embedding.memory()
-    metrics = {
+def run_metrics(
+    test: dict[str, float], memory: MemoryReport, history: History, data: DataSplits, table_cfg: Any, model_cfg: Any
+) -> dict[str, Any]:
+    """The JSON line of `recemb train`, from the test scores and the run."""
+    return {
         "auc": test["auc"],
+        **({"gauc": test["gauc"]} if "gauc" in test else {}),  # data with user groups
         "logloss": test["logloss"],
         "auc_se": test["auc_se"],
         "table_params": memory.params,
@@ -129,13 +163,12 @@ def run_training(
         "kind": table_cfg.kind,
         "model": model_cfg.name,
     }
-    if out_dir is not None:
-        _write_run_record(Path(out_dir), conf, table_cfg, model_cfg, train_cfg, settings, data, history, metrics)
-    probs = predict(model, data.test, train_cfg.eval_batch_size)
-    return RunResult(metrics, probs, data.test.labels.numpy())
 
 
-def _write_run_record(out: Path, conf, table_cfg, model_cfg, train_cfg, settings, data, history, metrics) -> None:
+def write_run_record(
+    out: Path, conf, table_cfg, model_cfg, train_cfg, settings, data, history, metrics, extra: dict | None = None
+) -> None:
+    """run.json (plus the fitted vocabularies and dense statistics); `extra` adds sections."""
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "config": conf,
@@ -151,6 +184,7 @@ def _write_run_record(out: Path, conf, table_cfg, model_cfg, train_cfg, settings
         "metrics": metrics,
         "environment": environment(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **(extra or {}),
     }
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str))
     if data.vocabularies:

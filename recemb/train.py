@@ -9,6 +9,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,22 +81,51 @@ def predict(model: CTRModel, data: CTRData, batch_size: int = 8192) -> np.ndarra
     return torch.cat(probs).numpy() if probs else np.zeros(0)
 
 
-def evaluate(model: CTRModel, data: CTRData, batch_size: int = 8192) -> dict[str, float]:
-    """AUC and log loss on `data` (and the AUC's standard error, to read differences)."""
+def evaluate(
+    model: CTRModel, data: CTRData, batch_size: int = 8192, groups: torch.Tensor | np.ndarray | None = None
+) -> dict[str, float]:
+    """AUC and log loss on `data` (and the AUC's standard error, to read differences);
+    with `groups` (a user id per row) also the group AUC, `gauc`."""
     labels = data.labels.numpy()
     probs = predict(model, data, batch_size)
     out = {"auc": metrics.auc(labels, probs), "logloss": metrics.logloss(labels, probs)}
     out["auc_se"] = metrics.auc_standard_error(labels, probs) if not math.isnan(out["auc"]) else math.nan
+    if groups is not None:
+        out["gauc"] = metrics.gauc(labels, probs, np.asarray(groups))
     return out
+
+
+class TrainCallback:
+    """Hooks of a kind's training stage into Trainer.fit (recemb.pruning.procedures): its own
+    parameters (kept out of the trainer's Adam; the callback steps them), a penalty added to
+    each batch's loss, and work after each step. The defaults do nothing."""
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
+    def loss(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss
+
+    def after_step(self) -> None:
+        """After the trainer's optimizer step (the batch's gradients are still in place)."""
 
 
 class Trainer:
     """Owns the dense optimizer, the epoch loop and the checkpoints of one run."""
 
-    def __init__(self, model: CTRModel, cfg: TrainConfig, out_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model: CTRModel,
+        cfg: TrainConfig,
+        out_dir: str | Path | None = None,
+        callbacks: Sequence[TrainCallback] = (),
+    ) -> None:
         self.model, self.cfg = model, cfg
         self.out_dir = Path(out_dir) if out_dir else None
-        self.optimizer = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.callbacks = list(callbacks)
+        owned = {id(p) for cb in self.callbacks for p in cb.parameters()}
+        dense = [p for p in model.dense_parameters() if id(p) not in owned]
+        self.optimizer = torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.history = History()
         self.best_state: dict | None = None
         self._store_prefix = next(
@@ -146,6 +176,15 @@ class Trainer:
         return True
 
     # -- training -------------------------------------------------------------------------------
+    def baseline(self, valid: CTRData) -> float:
+        """Count the current weights as epoch 0: `fit` keeps them unless an epoch scores
+        better on `valid` (for fine-tuning a model that may already be at its best)."""
+        scores = evaluate(self.model, valid, self.cfg.eval_batch_size)
+        score = scores["auc"] if not math.isnan(scores["auc"]) else -scores["logloss"]
+        self.history.best_score, self.history.best_epoch = score, 0
+        self.best_state = self._model_weights()
+        return score
+
     def fit(self, train: CTRData, valid: CTRData | None = None) -> History:
         """Train for cfg.epochs (resuming where a checkpoint left off), keep the epoch with
         the best validation AUC and restore its weights at the end."""
@@ -161,9 +200,14 @@ class Trainer:
             losses = []
             for batch in tqdm(batches, total=total, desc=f"epoch {epoch + 1}", disable=not cfg.progress):
                 loss = F.binary_cross_entropy_with_logits(self.model(batch.sparse, batch.dense), batch.labels)
+                objective = loss
+                for cb in self.callbacks:  # penalties of a kind's training stage
+                    objective = cb.loss(objective)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # the store's optimizer updates embedding rows here
+                objective.backward()  # the store's optimizer updates embedding rows here
                 self.optimizer.step()
+                for cb in self.callbacks:
+                    cb.after_step()
                 losses.append(loss.item())
             h.train_seconds += time.perf_counter() - start
             h.train_samples += len(train)

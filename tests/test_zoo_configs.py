@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from recemb.config import from_mapping, load_config_file
+from recemb.data import DATASETS
 from recemb.models import model_config
 from recemb.run import DEFAULTS, merge_config
 from recemb.storage import StoreSettings
@@ -24,4 +25,4 @@ def test_every_zoo_config_resolves_to_valid_settings(path):
     model_config(settings.pop("name"), settings)
     from_mapping(TrainConfig, conf["train"])
     from_mapping(StoreSettings, conf["store"])
-    assert conf["data"].split(":")[0] in ("synthetic", "criteo")
+    assert conf["data"].split(":")[0] in DATASETS

@@ -14,6 +14,12 @@ Criteo: `criteo:PATH` is read by recemb.data.criteo (numeric=log1p, its default,
 numeric=bucket) with min_count from data/criteo.yaml; what that reader lacks
 (on_bad_lines=skip, numeric=none|standardize) sends it to the generic CSV reader with the
 columns of data/criteo.yaml, which reads the same rows into the same ids and values.
+
+Behaviour sequences: `amazon:PATH` (recemb.data.amazon; options max_len, negatives,
+neg_seed, min_history) and `alimama:PATH` (recemb.data.alimama; max_len, min_count) build
+their histories themselves, so they have no schema file (a schema file's columns have no
+sequence type); the read options above apply. Their DataSplits carry `groups`, the user of
+each row, and a run then reports GAUC.
 """
 
 from __future__ import annotations
@@ -33,10 +39,17 @@ DATASETS: dict[str, str] = {
     "movielens_100k": "movielens_100k:PATH: the ml-100k folder (data/movielens_100k.yaml)",
     "movielens_1m": "movielens_1m:PATH: the ml-1m folder or its ratings file (data/movielens_1m.yaml)",
     "csv": "csv:PATH?schema=S: any delimited file a schema file S describes",
+    "amazon": "amazon:PATH[?max_len=50,negatives=2,...]: user->item sequences, SASRec layout (recemb.data.amazon)",
+    "alimama": "alimama:PATH[?max_len=50]: Taobao ad clicks with behaviours, DMR format (recemb.data.alimama)",
 }
 _READ_OPTIONS = ("on_bad_lines", "max_rows", "chunksize", "progress")
 _OVERRIDES = ("min_count", "numeric", "threshold")
 _OPTIONS = (*_READ_OPTIONS, *_OVERRIDES, "skip_bad_lines", "schema")
+# readers of behaviour sequences (no schema file): their own options besides the read options
+_SEQUENCE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "amazon": ("max_len", "negatives", "neg_seed", "min_history"),
+    "alimama": ("max_len", "min_count"),
+}
 
 
 @dataclass
@@ -50,6 +63,7 @@ class DataSplits:
     vocabularies: dict[str, Any] = field(default_factory=dict)  # name -> Vocabulary.to_dict()
     dense_stats: dict[str, dict[str, float]] = field(default_factory=dict)  # column -> {"mean", "std"}
     report: dict[str, int] = field(default_factory=dict)  # rows (kept), skipped_lines (malformed)
+    groups: dict[str, Any] = field(default_factory=dict)  # part -> [N] user of each row (GAUC), if known
 
 
 def load_dataset(
@@ -74,6 +88,9 @@ def load_dataset(
 
         train, valid, test = generate(from_mapping(SyntheticConfig, parse_settings(rest))).split(split)
         return DataSplits(train, valid, test, report={"rows": len(train) + len(valid) + len(test), "skipped_lines": 0})
+
+    if name in _SEQUENCE_OPTIONS:
+        return _sequence_dataset(name, rest, split, schema, vocabularies, options)
 
     from recemb.data.schema_file import find_schema_file, schema_names
 
@@ -129,6 +146,37 @@ def load_dataset(
         loaded.dense_stats,
         loaded.report,
     )
+
+
+def _sequence_dataset(
+    name: str, rest: str, split: tuple[float, ...], schema: Any, vocabularies: dict[str, Any] | None, options: dict
+) -> DataSplits:
+    """amazon:PATH / alimama:PATH: readers that build histories themselves (no schema file)."""
+    from recemb.data.tabular import ReadOptions
+
+    path, _, query = rest.partition("?")
+    opts: dict[str, Any] = {**parse_settings(query.replace("&", ",")), **options}
+    allowed = (*_READ_OPTIONS, "skip_bad_lines", *_SEQUENCE_OPTIONS[name])
+    for key in opts:
+        if key not in allowed:
+            hint = " (split is the split argument)" if key == "split" else closest(key, allowed)
+            raise ValueError(f"unknown data option {key!r}{hint} for {name}; options: {list(allowed)}")
+    if schema is not None:
+        raise ValueError(f"schema= is for csv:PATH; {name}:PATH knows its own columns")
+    if not path:
+        raise ValueError(f"{name} data needs a path: --data {name}:PATH")
+    if _truthy(opts.pop("skip_bad_lines", False)):
+        opts["on_bad_lines"] = "skip"
+    read = from_mapping(ReadOptions, {"split": tuple(split), **{k: opts.pop(k) for k in _READ_OPTIONS if k in opts}})
+    if name == "amazon":
+        from recemb.data.amazon import SequenceOptions, load_amazon
+
+        if vocabularies:
+            raise ValueError("amazon ids are the file's integers: it takes no vocabularies")
+        return load_amazon(path, from_mapping(SequenceOptions, opts), read)
+    from recemb.data.alimama import AlimamaOptions, load_alimama
+
+    return load_alimama(path, from_mapping(AlimamaOptions, opts), read, vocabularies)
 
 
 def _criteo(path: str, read: Any, min_count: int, numeric: Any, vocabularies: Any) -> DataSplits:

@@ -7,9 +7,12 @@ from typing import Any
 from recemb.config import closest, from_mapping
 from recemb.models.autoint import AutoInt, AutoIntConfig, AutoIntPlusConfig
 from recemb.models.base import CTRModel
+from recemb.models.dare import DARE, DAREConfig
 from recemb.models.dcnv2 import DCNv2, DCNv2Config
 from recemb.models.deepfm import DeepFM, DeepFMConfig
+from recemb.models.din import DIN, DINConfig
 from recemb.models.dlrm import DLRM, DLRMConfig
+from recemb.models.twin import TWIN, TWINConfig
 from recemb.models.wdl import WDL, WDLConfig
 from recemb.tables.base import TableEmbedding
 
@@ -21,6 +24,9 @@ MODELS: dict[str, tuple[type, type[CTRModel]]] = {
     "deepfm": (DeepFMConfig, DeepFM),
     "dlrm": (DLRMConfig, DLRM),
     "wdl": (WDLConfig, WDL),
+    "din": (DINConfig, DIN),
+    "twin": (TWINConfig, TWIN),
+    "dare": (DAREConfig, DARE),
 }
 
 
@@ -39,7 +45,10 @@ def build_model(embedding: TableEmbedding, cfg: Any) -> CTRModel:
 
 
 __all__ = [
+    "DARE",
+    "DIN",
     "DLRM",
+    "TWIN",
     "MODELS",
     "WDL",
     "AutoInt",
@@ -47,10 +56,13 @@ __all__ = [
     "AutoIntPlusConfig",
     "CTRModel",
     "DCNv2",
+    "DAREConfig",
     "DCNv2Config",
+    "DINConfig",
     "DLRMConfig",
     "DeepFM",
     "DeepFMConfig",
+    "TWINConfig",
     "WDLConfig",
     "build_model",
     "model_config",

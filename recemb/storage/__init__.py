@@ -12,6 +12,8 @@ from recemb.storage.optim import OPTIMIZERS, EmbeddingOptimizer
 from recemb.storage.reference import ReferenceStore
 
 STORES: tuple[str, ...] = ("tbe", "reference")
+# torchrec collections, for recemb.distributed to shard (it trains in one process too)
+SHARDABLE_STORE = "torchrec"
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,11 @@ class StoreSettings:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.backend not in STORES:
-            raise ValueError(f"StoreSettings.backend must be one of {STORES}, got {self.backend!r}")
+        if self.backend not in (*STORES, SHARDABLE_STORE):
+            raise ValueError(
+                f"StoreSettings.backend must be one of {STORES}, got {self.backend!r} "
+                f"(or {SHARDABLE_STORE!r}, the store recemb.distributed shards)"
+            )
         if self.backend == "reference" and torch.device(self.device).type != "cpu":
             raise ValueError(
                 f"the reference store runs on the CPU only, got device={self.device!r}; use backend='tbe'"
@@ -33,17 +38,23 @@ class StoreSettings:
 
 
 def build_store(layout: StoreLayout, settings: StoreSettings | None = None) -> EmbeddingStore:
-    """The store for `layout`: `tbe` (fbgemm, fused) or `reference` (plain PyTorch)."""
+    """The store for `layout`: `tbe` (fbgemm, fused), `reference` (plain PyTorch) or
+    `torchrec` (torchrec collections, what recemb.distributed shards)."""
     settings = settings or StoreSettings()
     if settings.backend == "tbe":
         from recemb.storage.tbe import TBEStore  # the only import of fbgemm's training TBE
 
         return TBEStore(layout, settings.optimizer, settings.seed, settings.device)
+    if settings.backend == SHARDABLE_STORE:
+        from recemb.storage.torchrec_store import TorchrecStore
+
+        return TorchrecStore(layout, settings.optimizer, settings.seed, settings.device)
     return ReferenceStore(layout, settings.optimizer, settings.seed)
 
 
 __all__ = [
     "OPTIMIZERS",
+    "SHARDABLE_STORE",
     "STORES",
     "EmbeddingOptimizer",
     "EmbeddingStore",

@@ -8,6 +8,7 @@ from recemb.config import closest, from_mapping, parse_settings
 from recemb.features import Schema
 from recemb.storage import StoreSettings
 from recemb.tables.base import Embedded, TableEmbedding
+from recemb.tables.decoupled import Decoupled, DecoupledEmbedding
 from recemb.tables.double_hash import DoubleHash, DoubleHashEmbedding
 from recemb.tables.full import Full, FullEmbedding
 from recemb.tables.hash_embedding import HashEmbedding, HashEmbeddingEmbedding
@@ -15,25 +16,36 @@ from recemb.tables.hashed import Hashed, HashedEmbedding
 from recemb.tables.qr import QR, QREmbedding
 from recemb.tables.robe import Robe, RobeEmbedding
 from recemb.tables.unified import Unified, UnifiedEmbedding
+from recemb.tables.optembed import OptEmbed, OptEmbedEmbedding
+from recemb.tables.mixed_dim import MixedDim, MixedDimEmbedding
+from recemb.tables.dnis import Dnis, DnisEmbedding
 
 # kind name -> (config dataclass, module class)
 KINDS: dict[str, type] = {
     "full": Full,
+    "decoupled": Decoupled,
     "hashed": Hashed,
     "double_hash": DoubleHash,
     "qr": QR,
     "hash_embedding": HashEmbedding,
     "robe": Robe,
     "unified": Unified,
+    "optembed": OptEmbed,
+    "mixed_dim": MixedDim,
+    "dnis": Dnis,
 }
 _MODULES: dict[str, type[TableEmbedding]] = {
     "full": FullEmbedding,
+    "decoupled": DecoupledEmbedding,
     "hashed": HashedEmbedding,
     "double_hash": DoubleHashEmbedding,
     "qr": QREmbedding,
     "hash_embedding": HashEmbeddingEmbedding,
     "robe": RobeEmbedding,
     "unified": UnifiedEmbedding,
+    "optembed": OptEmbedEmbedding,
+    "mixed_dim": MixedDimEmbedding,
+    "dnis": DnisEmbedding,
 }
 
 
@@ -67,6 +79,14 @@ def build_embedding(schema: Schema, cfg: Any, settings: StoreSettings | None = N
 __all__ = [
     "KINDS",
     "QR",
+    "Decoupled",
+    "Dnis",
+    "DnisEmbedding",
+    "MixedDim",
+    "MixedDimEmbedding",
+    "OptEmbed",
+    "OptEmbedEmbedding",
+    "DecoupledEmbedding",
     "DoubleHash",
     "DoubleHashEmbedding",
     "Embedded",
