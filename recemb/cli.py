@@ -50,6 +50,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     conf = load_config_file(args.config) if args.config else {}
     conf = merge_config(conf, _train_overrides(args)) if conf else _train_overrides(args)
+    if args.nproc:
+        from recemb.distributed.launch import launch_training
+
+        return launch_training(conf, args.out, args.nproc, args.resume, args.plan, args.verbose)
     result = run_training(conf, out_dir=args.out, resume=args.resume)
     print(json.dumps(result.metrics))
     return 0
@@ -89,7 +93,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_module(args: argparse.Namespace) -> int:
+    """A command whose module has `run(args) -> dict`: its JSON is the last stdout line."""
     result = args.bench_run(args)
     print(json.dumps(result, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x)))
     return 0
@@ -115,7 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="dense (Adam) learning rate")
     train.add_argument("--emb-optimizer", help="sgd | adagrad | rowwise_adagrad | adam (fused into backward)")
     train.add_argument("--emb-lr", type=float, help="embedding learning rate")
-    train.add_argument("--store", help="tbe (fbgemm, default) | reference (plain PyTorch)")
+    train.add_argument("--store", help="tbe (fbgemm, default) | reference (plain PyTorch) | torchrec (what --nproc shards)")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=0,
+        help="shard the tables over N processes of this machine with torchrun (torchrec "
+        "DistributedModelParallel; gloo on CPU, nccl on GPUs); same JSON line last",
+    )
+    train.add_argument(
+        "--plan",
+        default="auto",
+        choices=("auto", "table_wise", "column_wise", "row_wise", "data_parallel"),
+        help="with --nproc: the torchrec planner's plan, or one sharding type for every table",
+    )
     train.add_argument("--seed", type=int)
     train.add_argument("--out", help="run directory: checkpoint, run.json, vocabularies")
     train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
@@ -131,13 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=2)
     demo.set_defaults(func=cmd_demo)
 
+    for name, module_name, text in (
+        ("plan", "recemb.plan", "propose a per-feature table configuration that fits a byte budget"),
+        ("export", "recemb.export", "export a trained run's tables in compact (or int8) form for serving"),
+    ):
+        module = importlib.import_module(module_name)
+        one = sub.add_parser(name, help=text)
+        module.add_arguments(one)
+        one.set_defaults(func=cmd_module, bench_run=module.run)
+
     bench = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     for name, (module_name, text) in BENCHES.items():
         module = importlib.import_module(module_name)
         one = bench_sub.add_parser(name, help=text)
         module.add_arguments(one)
-        one.set_defaults(func=cmd_bench, bench_run=module.run)
+        one.set_defaults(func=cmd_module, bench_run=module.run)
     return parser
 
 
