@@ -123,11 +123,19 @@ def plan_tables(
     }
 
 
-def config_of(plan: dict[str, Any], data: str, split: list[float], dim: int, alpha: float, model: str) -> dict[str, Any]:
+def config_of(
+    plan: dict[str, Any], data: str, split: list[float], dim: int, alpha: float, model: str
+) -> dict[str, Any]:
     """The `recemb train --config` mapping of a plan."""
     widths = ";".join(f"{t['table']}={t['width']}" for t in plan["tables"])
     rows = ";".join(f"{t['table']}={t['rows']}" for t in plan["tables"] if t["decision"] == "hashed")
-    table: dict[str, Any] = {"kind": "mixed_dim", "dim": dim, "alpha": alpha, "budget": plan["budget"], "widths": widths}
+    table: dict[str, Any] = {
+        "kind": "mixed_dim",
+        "dim": dim,
+        "alpha": alpha,
+        "budget": plan["budget"],
+        "widths": widths,
+    }
     if rows:
         table["rows"] = rows
     return {"data": data, "split": list(split), "table": table, "model": {"name": model}}
@@ -171,7 +179,9 @@ def _toml(conf: dict[str, Any]) -> str:
 
 # -- CLI --------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="dataset spec, as for recemb train (its training part is counted)")
+    parser.add_argument(
+        "--data", required=True, help="dataset spec, as for recemb train (its training part is counted)"
+    )
     parser.add_argument("--budget", required=True, help="bytes for the embedding tables: 8MB, 8MiB, 500000, ...")
     parser.add_argument("--dim", type=int, default=16, help="the model's embedding width (default 16)")
     parser.add_argument("--alpha", type=float, default=0.3, help="temperature of the width power rule (default 0.3)")

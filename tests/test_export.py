@@ -37,7 +37,11 @@ KINDS = {"single": "single", "multi_hot": "multi", "sequence": "sequence"}
 def batch(schema: Schema, make_kjt, make_bags, n: int, seed: int):
     specs = {f.name: (f.cardinality, KINDS[f.kind], f.max_len) for f in schema.sparse}
     gen = torch.Generator().manual_seed(seed)
-    return make_kjt(make_bags(gen, specs, n)), torch.randn(n, len(schema.dense), generator=gen), torch.randint(0, 2, (n,), generator=gen).float()
+    return (
+        make_kjt(make_bags(gen, specs, n)),
+        torch.randn(n, len(schema.dense), generator=gen),
+        torch.randint(0, 2, (n,), generator=gen).float(),
+    )
 
 
 def arch_for(schema: Schema) -> OptEmbedArch:
@@ -104,7 +108,9 @@ def test_pruned_rows_read_zero_before_and_after_export(make_kjt, make_bags):
     model = trained_model("optembed", SCHEMA, make_kjt, make_bags)
     exported = load_export(export_model(model, int8=True))
     # user keeps even ids, item every 3rd: user 1 and item 1 are pruned, user 2 and item 3 kept
-    kjt = make_kjt({"user": [[1], [2]], "item": [[1], [3]], "hist": [[1, 3], [2]], "tags": [[0], []], "city": [[1], [0]]})
+    kjt = make_kjt(
+        {"user": [[1], [2]], "item": [[1], [3]], "hist": [[1, 3], [2]], "tags": [[0], []], "city": [[1], [0]]}
+    )
     with torch.no_grad():
         for e in (model.embedding(kjt), exported.embedding(kjt)):
             assert torch.all(e.pooled[0, :2] == 0) and e.pooled[1, 0].abs().sum() > 0 and e.pooled[1, 1].abs().sum() > 0
@@ -134,7 +140,9 @@ def test_a_model_without_a_compact_table_is_refused(make_kjt):
     from recemb.tables import Full
 
     model = build_model(build_embedding(SINGLE, Full(dim=8), StoreSettings("reference")), model_config("autoint"))
-    with pytest.raises(ValueError, match=r"table kind 'full' has no compact export: .*\['optembed', 'mixed_dim', 'dnis'\]"):
+    with pytest.raises(
+        ValueError, match=r"table kind 'full' has no compact export: .*\['optembed', 'mixed_dim', 'dnis'\]"
+    ):
         export_model(model)
 
 
@@ -157,7 +165,9 @@ def test_export_of_a_run_from_the_cli(tmp_path):
     assert record["metrics"]["stages"] == json.loads(json.dumps(stages))
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    report = run(parser.parse_args(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "e.pt"), "--int8", "--check"]))
+    report = run(
+        parser.parse_args(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "e.pt"), "--int8", "--check"])
+    )
     assert report["dtype"] == "int8" and report["tables_bytes"] > 0 and report["compression"] > 1
     assert report["max_abs_prob_diff"] <= INT8_TOLERANCE
     fp32 = export_run(tmp_path / "run", tmp_path / "f.pt", check=True)

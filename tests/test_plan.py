@@ -30,11 +30,21 @@ def data() -> CTRData:
     gen = torch.Generator().manual_seed(0)
     n = 2000
     skewed = torch.where(torch.rand(n, generator=gen) < 0.9, 0, torch.randint(0, 5000, (n,), generator=gen))
-    single = torch.stack([torch.randint(0, 7, (n,), generator=gen), torch.randint(0, 5000, (n,), generator=gen), skewed], 1)
+    single = torch.stack(
+        [torch.randint(0, 7, (n,), generator=gen), torch.randint(0, 5000, (n,), generator=gen), skewed], 1
+    )
     lengths = torch.randint(0, 3, (n,), generator=gen)
-    bag = Jagged(torch.randint(0, 30, (int(lengths.sum()),), generator=gen), torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]))
+    bag = Jagged(
+        torch.randint(0, 30, (int(lengths.sum()),), generator=gen),
+        torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+    )
     schema = Schema(
-        (FeatureSpec("small", 7), FeatureSpec("flat", 5000), FeatureSpec("skewed", 5000), FeatureSpec("bag", 30, "multi_hot"))
+        (
+            FeatureSpec("small", 7),
+            FeatureSpec("flat", 5000),
+            FeatureSpec("skewed", 5000),
+            FeatureSpec("bag", 30, "multi_hot"),
+        )
     )
     return CTRData(schema, single, {"bag": bag}, torch.zeros(n, 0), torch.zeros(n))
 
@@ -59,7 +69,12 @@ def test_plan_fits_the_budget_and_follows_the_rules(budget):
     if budget >= 2_000_000:
         assert all(t["decision"] == "full" and t["width"] == 16 for t in plan["tables"])
     # the table config it implies builds within the budget
-    conf = {"kind": "mixed_dim", "dim": 16, "budget": budget, "widths": ";".join(f"{k}={t['width']}" for k, t in tables.items())}
+    conf = {
+        "kind": "mixed_dim",
+        "dim": 16,
+        "budget": budget,
+        "widths": ";".join(f"{k}={t['width']}" for k, t in tables.items()),
+    }
     hashed = ";".join(f"{k}={t['rows']}" for k, t in tables.items() if t["decision"] == "hashed")
     if hashed:
         conf["rows"] = hashed
@@ -68,7 +83,9 @@ def test_plan_fits_the_budget_and_follows_the_rules(budget):
 
 
 def test_a_budget_below_the_smallest_configuration_is_refused():
-    with pytest.raises(ValueError, match=r"budget=1000 bytes is below the smallest configuration \(one row of width 4 per table"):
+    with pytest.raises(
+        ValueError, match=r"budget=1000 bytes is below the smallest configuration \(one row of width 4 per table"
+    ):
         plan_tables(table_stats(data()), 1000, dim=16)
 
 
@@ -82,5 +99,7 @@ def test_cli_writes_a_config_that_trains(tmp_path, suffix):
     assert report["planned_bytes"] <= 20_000 and report["written"] == str(out)
     conf = load_config_file(out)
     assert conf["table"]["kind"] == "mixed_dim" and conf["data"] == spec
-    result = run_training({**conf, "model": {"name": "autoint", "layers": 1}, "train": {"epochs": 1, "batch_size": 256}})
+    result = run_training(
+        {**conf, "model": {"name": "autoint", "layers": 1}, "train": {"epochs": 1, "batch_size": 256}}
+    )
     assert result.metrics["table_bytes"] <= 20_000

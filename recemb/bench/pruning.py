@@ -102,7 +102,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for r in mine:
                 if r["seed"] in full:
                     f = full[r["seed"]]
-                    point, low, high = metrics.paired_bootstrap_auc_diff(f["labels"], f["probs"], r["probs"], rounds=500, seed=r["seed"])
+                    point, low, high = metrics.paired_bootstrap_auc_diff(
+                        f["labels"], f["probs"], r["probs"], rounds=500, seed=r["seed"]
+                    )
                     diffs.append({"seed": r["seed"], "diff": point, "low": low, "high": high})
             if diffs:
                 entry["auc_diff_vs_full"] = statistics.mean(d["diff"] for d in diffs)
@@ -124,7 +126,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--extra", default="{}", help='JSON of per-kind settings, e.g. {"optembed": {"threshold_lr": 0.01}}')
+    parser.add_argument(
+        "--extra", default="{}", help='JSON of per-kind settings, e.g. {"optembed": {"threshold_lr": 0.01}}'
+    )
     parser.add_argument("--out", help="JSON lines file the results are appended to")
 
 

@@ -114,7 +114,9 @@ def load_export(source: str | Path | dict) -> CTRModel:
     """The inference model of an export file (or of export_model's dict), in eval mode."""
     record = source if isinstance(source, dict) else torch.load(source, weights_only=False)
     if record.get("format") != FORMAT:
-        raise ValueError(f"{source if not isinstance(source, dict) else 'the record'} is not a recemb export ({FORMAT})")
+        raise ValueError(
+            f"{source if not isinstance(source, dict) else 'the record'} is not a recemb export ({FORMAT})"
+        )
     schema = Schema.from_dict(record["schema"])
     tables = {name: [Block(**b) for b in blocks] for name, blocks in record["tables"].items()}
     embedding = ExportedEmbedding(schema, record["dim"], tables, set(record.get("hashed", ())))
@@ -220,7 +222,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--run", required=True, help="run directory of `recemb train --out DIR` (optembed, mixed_dim or dnis)"
     )
     parser.add_argument("--out", required=True, help="export file to write")
-    parser.add_argument("--int8", action="store_true", help="int8 rows (fbgemm int-n-bit inference TBE) instead of fp32")
+    parser.add_argument(
+        "--int8", action="store_true", help="int8 rows (fbgemm int-n-bit inference TBE) instead of fp32"
+    )
     parser.add_argument(
         "--check", action="store_true", help="compare the export with the trained model on the run's test rows"
     )

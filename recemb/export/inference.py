@@ -174,7 +174,13 @@ class ExportedEmbedding(TableEmbedding):
         for i, b, s in self._virtual:
             f = self.schema.sparse[i]
             if (i, b) not in cache:
-                cache[(i, b)] = self._block_ids(f.table_name, b, values[starts[i] : starts[i + 1]], key_lengths[i], f.max_len if f.is_sequence else 0)
+                cache[(i, b)] = self._block_ids(
+                    f.table_name,
+                    b,
+                    values[starts[i] : starts[i + 1]],
+                    key_lengths[i],
+                    f.max_len if f.is_sequence else 0,
+                )
             ids, lens = cache[(i, b)]
             if f.is_sequence:  # ids [B, L] with -1 where no item: position s as a bag of 0 or 1 id
                 column = ids[:, s]

@@ -95,7 +95,13 @@ def evolve(
         population = sorted(set(population), key=lambda c: (-scored(c), evaluated[c][1]))
         scores = [evaluated[c][0] for c in population]
         history.append({"generation": generation, "best": scores[0], "mean": sum(scores) / len(scores)})
-        log.info("evolution generation %d: best %.5f, mean %.5f, %d scored", generation, scores[0], history[-1]["mean"], len(evaluated))
+        log.info(
+            "evolution generation %d: best %.5f, mean %.5f, %d scored",
+            generation,
+            scores[0],
+            history[-1]["mean"],
+            len(evaluated),
+        )
         parents = population[: max(cfg.keep, 2)]
         mutants = [
             repair([rng.choice(choices) if rng.random() < cfg.mutation_prob else g for g in rng.choice(parents)])

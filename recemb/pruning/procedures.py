@@ -70,7 +70,9 @@ class ThresholdCallback(TrainCallback):
     def __init__(self, embedding: OptEmbedEmbedding, cfg: OptEmbed) -> None:
         self.thresholds = embedding.thresholds
         self.penalty = cfg.penalty
-        self.optimizer = torch.optim.Adam([self.thresholds], lr=cfg.threshold_lr) if self.thresholds is not None else None
+        self.optimizer = (
+            torch.optim.Adam([self.thresholds], lr=cfg.threshold_lr) if self.thresholds is not None else None
+        )
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [] if self.thresholds is None else [self.thresholds]
@@ -189,7 +191,12 @@ def run_optembed(ctx: StageContext) -> StagedResult:
 
 
 def search_widths(
-    model: CTRModel, supernet: OptEmbedEmbedding, counts: dict[str, int], valid: CTRData, cfg: OptEmbed, train_cfg: TrainConfig
+    model: CTRModel,
+    supernet: OptEmbedEmbedding,
+    counts: dict[str, int],
+    valid: CTRData,
+    cfg: OptEmbed,
+    train_cfg: TrainConfig,
 ) -> tuple[dict[str, int], dict]:
     """Widths per table by evolutionary search on validation AUC, within the budget."""
     tables = supernet.table_names

@@ -109,7 +109,9 @@ class DnisEmbedding(TableEmbedding):
         self.register_buffer("_starts", torch.tensor(starts), persistent=False)  # global first id of each group
         table_offset = torch.tensor([0, *self.cardinality.values()]).cumsum(0)[:-1]
         offsets = dict(zip(self.table_names, table_offset.tolist()))
-        self.register_buffer("_feature_offset", torch.tensor([offsets[f.table_name] for f in schema.sparse]), persistent=False)
+        self.register_buffer(
+            "_feature_offset", torch.tensor([offsets[f.table_name] for f in schema.sparse]), persistent=False
+        )
         self.selection = nn.Parameter(torch.ones(group, cfg.dim))  # α: [G, D] in [0, 1]
         self.register_buffer("mask", torch.ones(group, cfg.dim))  # 0 where pruned (persistent: the searched result)
         self._frozen = False
@@ -120,7 +122,9 @@ class DnisEmbedding(TableEmbedding):
         return self.cfg.dim
 
     def layout(self) -> StoreLayout:
-        tables = tuple(TableSpec(t, self.cardinality[t], self.cfg.dim, init_std=self.cfg.init_std) for t in self.table_names)
+        tables = tuple(
+            TableSpec(t, self.cardinality[t], self.cfg.dim, init_std=self.cfg.init_std) for t in self.table_names
+        )
         lookups = tuple(
             LookupSpec(f.name, f.table_name, "none" if f.is_sequence else f.pooling, f.max_len)
             for f in self.schema.sparse
@@ -189,7 +193,9 @@ class DnisEmbedding(TableEmbedding):
             return int((1 - self.cfg.sparsity) * full)
         maps = self.n_groups * self.cfg.dim * COLUMN_BYTES // BYTES_PER_FLOAT
         if floats < maps:
-            raise too_small("Dnis", self.cfg.budget, self.cfg.budget_ratio, maps * BYTES_PER_FLOAT, "the column maps of every group")
+            raise too_small(
+                "Dnis", self.cfg.budget, self.cfg.budget_ratio, maps * BYTES_PER_FLOAT, "the column maps of every group"
+            )
         return floats - maps
 
     @torch.no_grad()

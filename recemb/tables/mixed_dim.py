@@ -272,4 +272,3 @@ class MixedDimEmbedding(TableEmbedding):
                 block["salt"] = feature_salt(self.cfg.seed, t)
             out[t] = [block]
         return out
-

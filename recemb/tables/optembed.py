@@ -124,7 +124,9 @@ def serving_bytes(kept: dict[str, int], cardinality: dict[str, int], widths: dic
 class OptEmbedEmbedding(TableEmbedding):
     """The supernet (arch None) or the searched compact tables (see the module docstring)."""
 
-    def __init__(self, schema: Schema, cfg: OptEmbed, settings: StoreSettings, arch: OptEmbedArch | None = None) -> None:
+    def __init__(
+        self, schema: Schema, cfg: OptEmbed, settings: StoreSettings, arch: OptEmbedArch | None = None
+    ) -> None:
         super().__init__(schema, settings)
         self.cfg, self.arch = cfg, arch
         tables = schema.tables()
@@ -132,7 +134,11 @@ class OptEmbedEmbedding(TableEmbedding):
         self.cardinality = {t: m[0].cardinality for t, m in tables.items()}
         self.prunable = [t for t, m in tables.items() if all(f.kind != "multi_hot" for f in m)]
         index = {t: i for i, t in enumerate(self.table_names)}
-        self.register_buffer("_pooled_table", torch.tensor([index[f.table_name] for f in schema.pooled], dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "_pooled_table",
+            torch.tensor([index[f.table_name] for f in schema.pooled], dtype=torch.long),
+            persistent=False,
+        )
         self._sequence_table = {f.name: index[f.table_name] for f in schema.sequences}
         self.search_widths: Tensor | None = None  # [T] widths the search evaluates
         if arch is None:
@@ -146,8 +152,12 @@ class OptEmbedEmbedding(TableEmbedding):
         thr = {t: i for i, t in enumerate(self.prunable)}
         self.thresholds = nn.Parameter(torch.full((len(thr),), float(self.cfg.threshold_init))) if thr else None
         pooled = [f.table_name for f in self.schema.pooled]
-        self.register_buffer("_pooled_thr", torch.tensor([thr.get(t, 0) for t in pooled], dtype=torch.long), persistent=False)
-        self.register_buffer("_pooled_prunable", torch.tensor([t in thr for t in pooled], dtype=torch.bool), persistent=False)
+        self.register_buffer(
+            "_pooled_thr", torch.tensor([thr.get(t, 0) for t in pooled], dtype=torch.long), persistent=False
+        )
+        self.register_buffer(
+            "_pooled_prunable", torch.tensor([t in thr for t in pooled], dtype=torch.bool), persistent=False
+        )
         self._sequence_thr = {f.name: thr[f.table_name] for f in self.schema.sequences if f.table_name in thr}
         # sampled forwards so far: the seed of the next width sample (a buffer, so a loaded
         # state samples what the saved module would have)
@@ -161,7 +171,9 @@ class OptEmbedEmbedding(TableEmbedding):
         for t in self.table_names:
             check_width("OptEmbedArch", f"widths[{t!r}]", arch.widths[t], self.cfg.dim)
             if arch.kept.get(t) is not None and t not in self.prunable:
-                raise ValueError(f"OptEmbedArch prunes table {t!r}, which a multi-hot feature reads; it cannot be pruned")
+                raise ValueError(
+                    f"OptEmbedArch prunes table {t!r}, which a multi-hot feature reads; it cannot be pruned"
+                )
         self.kept_count = {}
         remap, kept_flag = [], []
         for t in self.table_names:
@@ -184,7 +196,9 @@ class OptEmbedEmbedding(TableEmbedding):
         self.register_buffer("_kept", torch.cat(kept_flag), persistent=False)
         offsets = torch.tensor([0, *self.cardinality.values()]).cumsum(0)[:-1]
         table_offset = dict(zip(self.table_names, offsets.tolist()))
-        self.register_buffer("_feature_offset", torch.tensor([table_offset[f.table_name] for f in self.schema.sparse]), persistent=False)
+        self.register_buffer(
+            "_feature_offset", torch.tensor([table_offset[f.table_name] for f in self.schema.sparse]), persistent=False
+        )
         self._pruned = {t for t in self.table_names if self.kept_count[t] < self.cardinality[t]}
         self._order = width_order(self.schema, arch.widths)
         self._permute = self._order if self._order != sorted(self._order) else None
@@ -199,7 +213,9 @@ class OptEmbedEmbedding(TableEmbedding):
 
     def layout(self) -> StoreLayout:
         if self.arch is None:
-            tables = tuple(TableSpec(t, self.cardinality[t], self.cfg.dim, init_std=self.cfg.init_std) for t in self.table_names)
+            tables = tuple(
+                TableSpec(t, self.cardinality[t], self.cfg.dim, init_std=self.cfg.init_std) for t in self.table_names
+            )
         else:
             tables = tuple(
                 TableSpec(t, self.kept_count[t] + (t in self._pruned), self.arch.widths[t], init_std=self.cfg.init_std)
@@ -271,7 +287,9 @@ class OptEmbedEmbedding(TableEmbedding):
                 x = part.view(batch, spec.max_len, -1)
                 if pruned:
                     offsets = kjt[spec.name].offsets()
-                    flags = torch.ops.fbgemm.jagged_1d_to_dense(kept[starts[i] : starts[i + 1]].long(), offsets, spec.max_len, 0)
+                    flags = torch.ops.fbgemm.jagged_1d_to_dense(
+                        kept[starts[i] : starts[i + 1]].long(), offsets, spec.max_len, 0
+                    )
                     x = x * flags.unsqueeze(-1).to(x.dtype)  # [B, L, w]
                 mask = torch.arange(spec.max_len, device=out.device).unsqueeze(0) < lengths[i].unsqueeze(1)
                 sequences[spec.name] = (F.pad(x, (0, dim - x.shape[-1])), mask)

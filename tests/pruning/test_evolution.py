@@ -34,7 +34,15 @@ def test_every_scored_candidate_fits_the_budget(budget):
 def test_it_finds_the_best_candidate_of_a_small_problem():
     budget = 120_000
     best = max(
-        ((a, b, c, d, e, f) for a in CHOICES for b in CHOICES for c in CHOICES for d in CHOICES for e in CHOICES for f in CHOICES),
+        (
+            (a, b, c, d, e, f)
+            for a in CHOICES
+            for b in CHOICES
+            for c in CHOICES
+            for d in CHOICES
+            for e in CHOICES
+            for f in CHOICES
+        ),
         key=lambda x: score(x) if cost(x) <= budget else -1,
     )
     result = evolve(CHOICES, len(ROWS), cost, score, budget, EvolutionConfig(generations=25, seed=0))
@@ -48,5 +56,7 @@ def test_without_a_budget_it_takes_the_widest():
 
 
 def test_a_budget_below_the_smallest_configuration_is_refused():
-    with pytest.raises(BudgetError, match=r"budget=100 bytes is below the smallest configuration \(.* bytes, every gene at 4\)"):
+    with pytest.raises(
+        BudgetError, match=r"budget=100 bytes is below the smallest configuration \(.* bytes, every gene at 4\)"
+    ):
         evolve(CHOICES, len(ROWS), cost, score, 100, EvolutionConfig())

@@ -61,10 +61,26 @@ def test_callbacks_own_their_parameters(splits):
 
 def test_optembed_budget_below_the_kept_rows_is_refused(splits):
     table = {"kind": "optembed", "dim": 8, "generations": 1, "budget": 1000}
-    with pytest.raises(ValueError, match=r"OptEmbed: budget=1000 cannot hold the rows the supernet kept .* at the smallest width 4"):
+    with pytest.raises(
+        ValueError, match=r"OptEmbed: budget=1000 cannot hold the rows the supernet kept .* at the smallest width 4"
+    ):
         run_training({"data": DATA, "table": table, "model": MODEL, "train": TRAIN}, data=splits)
 
 
 def test_resume_is_refused_for_staged_kinds(splits, tmp_path):
     with pytest.raises(ValueError, match="resume is not supported for table kind 'dnis'"):
-        run_training({"data": DATA, "table": {"kind": "dnis"}, "train": TRAIN}, out_dir=tmp_path, resume=True, data=splits)
+        run_training(
+            {"data": DATA, "table": {"kind": "dnis"}, "train": TRAIN}, out_dir=tmp_path, resume=True, data=splits
+        )
+
+
+def test_joint_mode_steps_alpha_on_the_training_loss(splits):
+    dnis = build_embedding(splits.train.schema, Dnis(dim=8, mode="joint", selection_lr=0.5), StoreSettings("reference"))
+    model = build_model(dnis, model_config("autoint", {"layers": 1}))
+    callback = SelectionCallback(model, dnis, dnis.cfg, splits.valid, 256)
+    assert callback._valid is None, "joint mode reads no validation batches"
+    batch = next(splits.train.batches(256))
+    torch.nn.functional.binary_cross_entropy_with_logits(model(batch.sparse, batch.dense), batch.labels).backward()
+    callback.after_step()
+    assert not torch.all(dnis.selection == 1) and dnis.selection.min() >= 0 and dnis.selection.max() <= 1
+    assert dnis.selection.grad is None

@@ -98,5 +98,7 @@ def test_a_budget_below_the_column_maps_is_refused():
 
 def test_works_inside_a_model(make_kjt):
     model = build_model(build(), model_config("autoint", {"layers": 1}))
-    out = model(make_kjt({"user": [[5], [40]], "item": [[0], [1]], "hist": [[0, 2], []], "tags": [[1], []]}), torch.zeros(2, 0))
+    out = model(
+        make_kjt({"user": [[5], [40]], "item": [[0], [1]], "hist": [[0, 2], []], "tags": [[1], []]}), torch.zeros(2, 0)
+    )
     assert out.shape == (2,)

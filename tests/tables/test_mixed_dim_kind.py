@@ -51,7 +51,9 @@ def test_fixed_widths_and_hashed_rows(make_kjt):
     assert module.widths["big"] == 4 and module.widths["small"] == 16
     assert module.rows["big"] == 64 and module.hashed == ["big"]
     assert {t.name: (t.rows, t.dim) for t in module.store.layout.tables}["big"] == (64, 4)
-    kjt = make_kjt({"small": [[1], [2]], "mid": [[3], [4]], "big": [[4999], [-7]], "hist": [[1, 2], []], "bag": [[1, 2], []]})
+    kjt = make_kjt(
+        {"small": [[1], [2]], "mid": [[3], [4]], "big": [[4999], [-7]], "hist": [[1, 2], []], "bag": [[1, 2], []]}
+    )
     e = module(kjt)  # hashed ids need not be in range
     assert e.pooled.shape == (2, 4, 16)
     assert torch.all(e.pooled[1, 3] == 0), "an empty bag stays zero through the projection (no bias)"

@@ -123,7 +123,10 @@ def test_training_samples_a_width_per_sample_and_table(batches_of):
     assert set(widths[:, 2].tolist()) == {0, 12}  # tags: 12 wide, or an empty bag
 
 
-ARCH = OptEmbedArch({"user": torch.tensor([0, 2, 5]), "item": torch.tensor([1, 3, 4, 7, 11]), "tags": None}, {"user": 4, "item": 8, "tags": 16})
+ARCH = OptEmbedArch(
+    {"user": torch.tensor([0, 2, 5]), "item": torch.tensor([1, 3, 4, 7, 11]), "tags": None},
+    {"user": 4, "item": 8, "tags": 16},
+)
 
 
 @pytest.mark.parametrize("backend", ["reference", "tbe"])
@@ -187,7 +190,10 @@ def test_bad_architectures_are_refused():
         OptEmbedEmbedding(SCHEMA, OptEmbed(dim=16), settings(), OptEmbedArch({}, {"user": 6, "item": 8, "tags": 4}))
     with pytest.raises(ValueError, match="prunes table 'tags', which a multi-hot feature reads"):
         OptEmbedEmbedding(
-            SCHEMA, OptEmbed(dim=16), settings(), OptEmbedArch({"tags": torch.tensor([1])}, {"user": 4, "item": 4, "tags": 4})
+            SCHEMA,
+            OptEmbed(dim=16),
+            settings(),
+            OptEmbedArch({"tags": torch.tensor([1])}, {"user": 4, "item": 4, "tags": 4}),
         )
     with pytest.raises(ValueError, match=r"export needs the searched tables"):
         build_embedding(SCHEMA, OptEmbed(dim=16), settings()).export_tables()
