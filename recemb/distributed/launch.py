@@ -124,4 +124,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Leave without running C++ static destructors: a background thread of the process
+    # group occasionally outlives it and aborts the rank at exit ("terminate called
+    # without an active exception") after all its work and output are done.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
