@@ -29,15 +29,16 @@ from recemb.export.inference import Block, ExportedEmbedding, quantize_int8
 from recemb.features import Schema
 from recemb.models import build_model, model_config
 from recemb.models.base import CTRModel
+from recemb.pruning.procedures import MODEL_FILE
 from recemb.storage import StoreSettings
 from recemb.tables import table_from_mapping
 
 FORMAT = "recemb-export/1"
 EXPORTABLE: tuple[str, ...] = ("optembed", "mixed_dim", "dnis")
-MODEL_FILE = "model.pt"
-# int8 rows (row-wise scale and bias) move a click probability by at most this much on the
-# tested models (tests/test_export.py); fp32 exports agree to float rounding (1e-5)
-INT8_TOLERANCE = 0.02
+# int8 rows (row-wise scale and bias) move a click probability by at most this much: the
+# tests (tests/test_export.py) see <= 1e-4, Criteo runs at 5x (recemb export --check) <= 5e-4;
+# fp32 exports agree with the trained model to float rounding
+INT8_TOLERANCE = 0.005
 FP32_TOLERANCE = 1e-5
 
 
