@@ -5,7 +5,7 @@ torchrec's planner shards them over the ranks, and the kind's id transform and c
 the CTR model stay replicated (data-parallel under DDP). One file per concept:
 
     plan.py        the planner, sharders (row-wise on CPU too), forced plans, plan records
-    shard.py       shard_model: DMP over a model, seeded shards; gather_table_weights
+    shard.py       shard_model: DMP over a model, seeded shards; gather_table_weights, table_row_norms
     optim.py       RowOptimizer: the fused formulas for data-parallel tables
     state.py       TransformState: stateful id transforms kept consistent over ranks
     share.py       batch_share: the part of the global batch this rank trains on
@@ -13,6 +13,7 @@ the CTR model stay replicated (data-parallel under DDP). One file per concept:
     trainer.py     DistributedTrainer: Trainer's loop over ranks, DCP checkpoints
     checkpoint.py  torch.distributed.checkpoint folders (save on N ranks, load on M)
     memory.py      what each rank holds
+    stages.py      ShardedStages: a staged kind's procedure (OptEmbed) with every stage sharded
     run.py         run_training: recemb.run.run_training on every rank
     launch.py      the torchrun entry point, and launch_training (`recemb train --nproc N`)
     spawn.py       run_ranks: a function on a fresh local process group (tests)
@@ -34,6 +35,8 @@ _EXPORTS = {
     "plan_model": "plan",
     "shard_model": "shard",
     "gather_table_weights": "shard",
+    "table_row_norms": "shard",
+    "ShardedStages": "stages",
     "RowOptimizer": "optim",
     "TransformState": "state",
     "batch_share": "share",
@@ -48,6 +51,7 @@ __all__ = [
     "DistributedRun",
     "DistributedTrainer",
     "RowOptimizer",
+    "ShardedStages",
     "TransformState",
     "batch_share",
     "describe_plan",
@@ -56,6 +60,7 @@ __all__ = [
     "plan_model",
     "run_training",
     "shard_model",
+    "table_row_norms",
 ]
 
 

@@ -50,7 +50,7 @@ def launch_training(
         raise ValueError(f"plan must be one of {PLANS}, got {plan!r}")
     from recemb.distributed.run import check_config
 
-    check_config(conf)  # a bad config fails here, not in every process
+    check_config(conf, resume)  # a bad config fails here, not in every process
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     if threads is not None:

@@ -4,7 +4,9 @@ shard -> fit -> test metrics, the same config and the same metrics.
 Whatever store the config names, the tables go into a torchrec store (deferred: created
 shard by shard) for the planner to shard; the store's optimizer and seed are kept. Every
 rank builds the data (the readers and the synthetic generator are deterministic) and trains
-on its share of each global batch (`train.batch_size` is the global batch).
+on its share of each global batch (`train.batch_size` is the global batch). A kind trained in
+stages (recemb.pruning.procedures) runs its procedure with every stage sharded
+(recemb.distributed.stages), unless procedures.UNSHARDED says why it cannot.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from recemb.distributed.data import evaluate
 from recemb.distributed.memory import rank_memory
 from recemb.distributed.plan import describe_plan, find_store
 from recemb.distributed.shard import shard_model
+from recemb.distributed.stages import ShardedStages
 from recemb.distributed.trainer import DistributedTrainer
 from recemb.models import build_model
+from recemb.pruning.procedures import PROCEDURES, UNSHARDED, StageContext
 from recemb.run import resolve_config, run_metrics, write_run_record
 from recemb.storage import StoreSettings
 from recemb.tables import build_embedding
@@ -50,16 +54,17 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def check_config(conf: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig, StoreSettings, Any, Any]:
+def check_config(
+    conf: dict[str, Any], resume: bool = False
+) -> tuple[dict[str, Any], TrainConfig, StoreSettings, Any, Any]:
     """resolve_config, refusing what a sharded run cannot do (before any process starts)."""
     resolved = resolve_config(conf)
     kind = resolved[3].kind
-    from recemb.pruning.procedures import PROCEDURES  # as recemb.run imports it
-
-    if kind in PROCEDURES:
+    if kind in UNSHARDED:
+        raise ValueError(f"table kind {kind!r} trains in stages that cannot run sharded: {UNSHARDED[kind]}")
+    if kind in PROCEDURES and resume:
         raise ValueError(
-            f"table kind {kind!r} trains in stages (recemb.pruning.procedures: search, prune, retrain), which "
-            f"run in one process; train it without --nproc"
+            f"resume is not supported for table kind {kind!r}, whose training runs in stages; start the run again"
         )
     return resolved
 
@@ -74,26 +79,38 @@ def run_training(
     device: torch.device | None = None,
 ) -> DistributedRun:
     """Train the configured model sharded over `pg` (a collective: every rank calls it)."""
-    conf, train_cfg, settings, table_cfg, model_cfg = check_config(conf)
+    conf, train_cfg, settings, table_cfg, model_cfg = check_config(conf, resume)
     device = device or default_device()
     world = dist.get_world_size(pg)
     if settings.backend != "torchrec":
         log.info("store backend %r replaced by 'torchrec' (sharded)", settings.backend)
     settings = dataclasses.replace(settings, backend="torchrec", device="meta")
+    batch_per_rank = max(1, train_cfg.batch_size // world)
 
     data = data or load_dataset(conf["data"], tuple(conf["split"]))
-    seed_everything(train_cfg.seed)
-    embedding = build_embedding(data.train.schema, table_cfg, settings)
-    model = build_model(embedding, model_cfg)
-    memory = embedding.memory()  # the whole model's tables, as a single process reports them
-    dmp = shard_model(model, plan, max(1, train_cfg.batch_size // world), pg, device)
-    trainer = DistributedTrainer(dmp, train_cfg, out_dir, pg)
-    if resume:
-        trainer.try_resume()
-    history = trainer.fit(data.train, data.valid)
+    procedure = PROCEDURES.get(table_cfg.kind)
+    stages: dict[str, dict[str, Any]] = {}
+    if procedure is None:
+        seed_everything(train_cfg.seed)
+        embedding = build_embedding(data.train.schema, table_cfg, settings)
+        model = build_model(embedding, model_cfg)
+        memory = embedding.memory()  # the whole model's tables, as a single process reports them
+        dmp = shard_model(model, plan, batch_per_rank, pg, device)
+        trainer = DistributedTrainer(dmp, train_cfg, out_dir, pg)
+        if resume:
+            trainer.try_resume()
+        history = trainer.fit(data.train, data.valid)
+    else:
+        runner = ShardedStages(plan, batch_per_rank, pg, device)
+        staged = procedure(StageContext(data, table_cfg, model_cfg, train_cfg, settings, runner))
+        dmp, trainer = staged.module, runner.trainer  # the last stage's
+        history, stages = staged.history, staged.stages
+        memory = staged.model.embedding.memory()  # the last stage's tables, as a single process reports them
 
     test = evaluate(dmp, data.test, train_cfg.eval_batch_size, data.groups.get("test"), pg)
     metrics = run_metrics(test, memory, history, data, table_cfg, model_cfg)
+    if stages:
+        metrics["stages"] = stages  # as recemb.run: each stage's test AUC, log loss and bytes
     result = DistributedRun(
         metrics, str(dmp.plan), describe_plan(dmp.plan, find_store(dmp.module)), rank_memory(dmp, trainer.optimizer, pg)
     )

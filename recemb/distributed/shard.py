@@ -117,3 +117,37 @@ def gather_table_weights(dmp: DistributedModelParallel, pg: dist.ProcessGroup | 
                 full[r : r + tensor.shape[0], c : c + tensor.shape[1]] = tensor
         out[t.name] = full
     return out
+
+
+@torch.no_grad()
+def table_row_norms(
+    dmp: DistributedModelParallel, tables: list[str], pg: dist.ProcessGroup | None = None
+) -> dict[str, Tensor]:
+    """The L1 norm of every row of each of `tables` [rows], on every rank (a collective:
+    every rank calls it with the same tables). Each rank sums |w| over the columns of its
+    own shards and one all-reduce per table adds the parts, so no rank ever holds a whole
+    sharded table (as gathering it would): row-wise shards give disjoint rows, column-wise
+    ones partial sums of the same rows. A data-parallel table is whole on every rank."""
+    store = find_store(dmp.module)
+    held = dict(table_tensors(dmp))
+    out = {}
+    for name in tables:
+        value = held[name]
+        if not isinstance(value, ShardedTensor):
+            out[name] = value.detach().abs().sum(1).cpu()
+            continue
+        device = value.local_shards()[0].tensor.device if value.local_shards() else _collective_device(pg)
+        norms = torch.zeros(store.layout.table(name).rows, device=device)
+        for shard in value.local_shards():
+            row, rows = shard.metadata.shard_offsets[0], shard.metadata.shard_sizes[0]
+            norms[row : row + rows] += shard.tensor.detach().abs().sum(1)
+        dist.all_reduce(norms, group=pg)
+        out[name] = norms.cpu()
+    return out
+
+
+def _collective_device(pg: dist.ProcessGroup | None) -> torch.device:
+    """Where this rank's tensors for a collective live: its GPU under nccl, else the CPU."""
+    if dist.get_backend(pg) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

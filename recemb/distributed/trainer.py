@@ -7,6 +7,11 @@ gradients); the store's optimizer fused into fbgemm's backward on the sharded ta
 (torchrec divides their gradients by the number of ranks); and the same formulas after
 backward on data-parallel tables (`RowOptimizer`). With every rank's mean loss over an
 equal share of the global batch, one step equals one single-process step on the global batch.
+
+A staged kind's `TrainCallback`s (recemb.pruning.procedures) hook in as in Trainer: their
+parameters stay out of the dense Adam (DDP still averages their gradients, since they are
+the replicated model's), their penalty is added to every rank's loss (so its averaged
+gradient is the single process's), and they step after the optimizers.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,7 +42,7 @@ from recemb.distributed.plan import find_store
 from recemb.distributed.shard import local_tensors
 from recemb.distributed.share import sharing
 from recemb.distributed.state import TransformState
-from recemb.train import History, TrainConfig, seed_everything
+from recemb.train import History, TrainCallback, TrainConfig, seed_everything
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"  # folders under the run directory
@@ -52,8 +58,10 @@ class DistributedTrainer:
         cfg: TrainConfig,
         out_dir: str | Path | None = None,
         pg: dist.ProcessGroup | None = None,
+        callbacks: Sequence[TrainCallback] = (),
     ) -> None:
         self.model, self.cfg, self.pg = model, cfg, pg
+        self.callbacks = list(callbacks)
         self.rank, self.world = dist.get_rank(pg), dist.get_world_size(pg)
         self.out_dir = Path(out_dir) if out_dir else None
         self.device = next(iter(model.parameters())).device
@@ -61,7 +69,8 @@ class DistributedTrainer:
         prefix = next(name for name, m in model.module.named_modules() if m is store) + ".collections."
         unfused = dict(in_backward_optimizer_filter(model.named_parameters()))  # sharded tables update in backward
         tables = {k: p for k, p in unfused.items() if k.startswith(prefix)}  # data-parallel tables
-        dense = {k: p for k, p in unfused.items() if not k.startswith(prefix)}
+        owned = {id(p) for cb in self.callbacks for p in cb.parameters()}  # the callbacks step these
+        dense = {k: p for k, p in unfused.items() if not k.startswith(prefix) and id(p) not in owned}
         self.dense_optimizer = KeyedOptimizerWrapper(
             dense, lambda params: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         )
@@ -76,14 +85,19 @@ class DistributedTrainer:
 
     # -- one step ------------------------------------------------------------------------------
     def train_step(self, batch: Batch) -> float:
-        """Forward, backward (the sharded tables update here), the other optimizers; this
-        rank's mean loss."""
+        """Forward, backward (the sharded tables update here), the other optimizers, the
+        callbacks; this rank's mean loss (without the callbacks' penalties)."""
         batch = self._to_device(batch)
         with sharing(self.rank, self.world):  # per-sample draws: this rank's rows of the global batch's
             loss = F.binary_cross_entropy_with_logits(self.model(batch.sparse, batch.dense), batch.labels)
+            objective = loss
+            for cb in self.callbacks:  # penalties of a kind's training stage
+                objective = cb.loss(objective)
             self.optimizer.zero_grad()
-            loss.backward()
+            objective.backward()
         self.optimizer.step()
+        for cb in self.callbacks:
+            cb.after_step()
         self.transform_state.sync()
         return loss.item()
 

@@ -12,6 +12,10 @@ pruning of α to the target; (3) fine-tuning with α fixed, which keeps the prun
 unless an epoch beats them on validation.
 Each stage reports its test AUC, log loss and bytes (for stages after the first, what the
 export's fp32 tables take); the last stage's model is the run's model.
+
+A procedure trains, scores and hands weights between stages only through its `StageRunner`:
+this process's (the class here), or recemb.distributed.stages.ShardedStages, which shards
+every stage's model over the ranks of a process group; so one procedure serves both.
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ import dataclasses
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from recemb import metrics
 from recemb.data import DataSplits
@@ -46,6 +52,48 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.pt"
 
 
+class StageRunner:
+    """Where a procedure's stages train and are scored: in this process. Each method takes
+    and returns what `prepare` made of a model (here the model itself), so a runner that
+    shards (recemb.distributed.stages.ShardedStages) overrides these and nothing else."""
+
+    sharded: bool = False
+
+    def prepare(self, model: CTRModel, tables: Iterable[tuple[str, Tensor]] | None = None) -> nn.Module:
+        """The trainable form of a freshly built `model`; `tables` (name, weights), when
+        given, replace its store's initial weights."""
+        if tables is not None:
+            model.embedding.store.load_table_weights(dict(tables))
+        return model
+
+    def fit(
+        self, module: nn.Module, cfg: TrainConfig, data: DataSplits, callbacks=(), baseline: bool = False
+    ) -> History:
+        """Train on data.train, choosing the epoch on data.valid; with `baseline`, the
+        current weights count as epoch 0 (kept unless an epoch beats them)."""
+        trainer = Trainer(module, cfg, None, callbacks)  # type: ignore[arg-type]
+        if baseline:
+            trainer.baseline(data.valid)
+        return trainer.fit(data.train, data.valid)
+
+    def evaluate(self, module: nn.Module, data: CTRData, batch_size: int) -> dict[str, float]:
+        return evaluate(module, data, batch_size)  # type: ignore[arg-type]
+
+    def predict(self, module: nn.Module, data: CTRData, batch_size: int) -> np.ndarray:
+        return predict(module, data, batch_size)  # type: ignore[arg-type]
+
+    def initial_tables(self, model: CTRModel) -> Iterable[tuple[str, Tensor]]:
+        """(table, weights) of the freshly built model, to restart a later stage from; an
+        iterable that may be read more than once (here a copy taken now; ShardedStages
+        draws the tables again from the store's seed each time)."""
+        return list(model.embedding.store.table_weights().items())
+
+    def row_norms(self, module: nn.Module, model: CTRModel, tables: list[str]) -> dict[str, Tensor]:
+        """The L1 norm of every row [rows] of each of `tables`."""
+        weights = model.embedding.store.table_weights()
+        return {t: weights[t].abs().sum(1) for t in tables}
+
+
 @dataclass
 class StageContext:
     data: DataSplits
@@ -53,6 +101,7 @@ class StageContext:
     model_cfg: Any
     train_cfg: TrainConfig
     settings: StoreSettings
+    runner: StageRunner = field(default_factory=StageRunner)
 
 
 @dataclass
@@ -61,6 +110,7 @@ class StagedResult:
     history: History  # of the last stage
     stages: dict[str, dict[str, Any]]
     arch: dict | None = None  # what rebuilding the final model needs beyond its config
+    module: nn.Module | None = None  # the final model as the runner trained it (None: the model itself)
 
 
 # -- callbacks ----------------------------------------------------------------------------------
@@ -124,8 +174,15 @@ def _cycle(data: CTRData, batch_size: int) -> Iterator[Batch]:
 
 
 # -- reporting -----------------------------------------------------------------------------------
-def stage_report(model: CTRModel, data: DataSplits, history: History | None, bytes_: int, cfg: TrainConfig) -> dict:
-    test = evaluate(model, data.test, cfg.eval_batch_size)
+def stage_report(
+    model: nn.Module,
+    data: DataSplits,
+    history: History | None,
+    bytes_: int,
+    cfg: TrainConfig,
+    runner: StageRunner | None = None,
+) -> dict:
+    test = (runner or StageRunner()).evaluate(model, data.test, cfg.eval_batch_size)
     out = {"auc": test["auc"], "logloss": test["logloss"], "bytes": int(bytes_)}
     if history is not None:
         best = history.epochs[history.best_epoch - 1] if history.best_epoch > 0 else {}
@@ -138,10 +195,6 @@ def stage_report(model: CTRModel, data: DataSplits, history: History | None, byt
     return out
 
 
-def _fit(model: CTRModel, cfg: TrainConfig, data: DataSplits, callbacks=()) -> History:
-    return Trainer(model, cfg, None, callbacks).fit(data.train, data.valid)
-
-
 def _epochs(cfg: TrainConfig, epochs: int) -> TrainConfig:
     return dataclasses.replace(cfg, epochs=epochs or cfg.epochs)
 
@@ -149,29 +202,30 @@ def _epochs(cfg: TrainConfig, epochs: int) -> TrainConfig:
 # -- optembed -----------------------------------------------------------------------------------
 def run_optembed(ctx: StageContext) -> StagedResult:
     cfg: OptEmbed = ctx.table_cfg
-    data, schema = ctx.data, ctx.data.train.schema
+    data, schema, runner = ctx.data, ctx.data.train.schema, ctx.runner
     seed_everything(ctx.train_cfg.seed)
     supernet = build_embedding(schema, cfg, ctx.settings)
     assert isinstance(supernet, OptEmbedEmbedding)
     model = build_model(supernet, ctx.model_cfg)
-    initial_tables = supernet.store.table_weights()  # what stage 3 restarts from
+    initial_tables = runner.initial_tables(model)  # what stage 3 restarts from
     initial_dense = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("embedding.")}
     stages: dict[str, dict] = {}
 
-    history = _fit(model, _epochs(ctx.train_cfg, cfg.supernet_epochs), data, [ThresholdCallback(supernet, cfg)])
-    kept = supernet.kept_rows()
+    net = runner.prepare(model)
+    history = runner.fit(net, _epochs(ctx.train_cfg, cfg.supernet_epochs), data, [ThresholdCallback(supernet, cfg)])
+    kept = supernet.kept_rows(runner.row_norms(net, model, supernet.prunable))
     counts = {t: supernet.cardinality[t] if ids is None else int(ids.numel()) for t, ids in kept.items()}
-    stages["supernet"] = stage_report(model, data, history, supernet.memory().bytes, ctx.train_cfg)
+    stages["supernet"] = stage_report(net, data, history, supernet.memory().bytes, ctx.train_cfg, runner)
     stages["supernet"]["kept_rows"] = sum(counts.values())
     stages["supernet"]["rows"] = sum(supernet.cardinality.values())
     log.info("optembed supernet: %s", stages["supernet"])
 
-    widths, search = search_widths(model, supernet, counts, data.valid, cfg, ctx.train_cfg)
+    widths, search = search_widths(net, supernet, counts, data.valid, cfg, ctx.train_cfg, runner)
     for t, w in widths.items():  # a remap that costs more than the pruned rows save is not worth it
         if kept[t] is not None and supernet.cardinality[t] * w <= counts[t] * w + supernet.cardinality[t]:
             kept[t] = None
     supernet.search_widths = torch.tensor([widths[t] for t in supernet.table_names])
-    stages["search"] = stage_report(model, data, None, search["cost"], ctx.train_cfg)
+    stages["search"] = stage_report(net, data, None, search["cost"], ctx.train_cfg, runner)
     stages["search"].update(valid_auc=search["score"], candidates=search["candidates"], widths=widths)
     supernet.search_widths = None
     log.info("optembed search: %s", stages["search"])
@@ -179,26 +233,30 @@ def run_optembed(ctx: StageContext) -> StagedResult:
     arch = OptEmbedArch(kept, widths, {"search": search})
     seed_everything(ctx.train_cfg.seed)
     compact = OptEmbedEmbedding(schema, cfg, ctx.settings, arch=arch)
-    compact.load_initial(initial_tables)
     model = build_model(compact, ctx.model_cfg)
     loaded = model.load_state_dict(initial_dense, strict=False)
     if loaded.unexpected_keys or any(not k.startswith("embedding.") for k in loaded.missing_keys):
         raise RuntimeError(f"retraining could not restore the initial dense weights: {loaded}")
-    history = _fit(model, _epochs(ctx.train_cfg, cfg.retrain_epochs), data)
-    stages["retrain"] = stage_report(model, data, history, compact.serving_bytes(), ctx.train_cfg)
+    net = runner.prepare(model, compact.compact_initial(initial_tables))
+    history = runner.fit(net, _epochs(ctx.train_cfg, cfg.retrain_epochs), data)
+    stages["retrain"] = stage_report(net, data, history, compact.serving_bytes(), ctx.train_cfg, runner)
     log.info("optembed retrain: %s", stages["retrain"])
-    return StagedResult(model, history, stages, {"optembed": arch.to_state()})
+    return StagedResult(model, history, stages, {"optembed": arch.to_state()}, net)
 
 
 def search_widths(
-    model: CTRModel,
+    model: nn.Module,
     supernet: OptEmbedEmbedding,
     counts: dict[str, int],
     valid: CTRData,
     cfg: OptEmbed,
     train_cfg: TrainConfig,
+    runner: StageRunner | None = None,
 ) -> tuple[dict[str, int], dict]:
-    """Widths per table by evolutionary search on validation AUC, within the budget."""
+    """Widths per table by evolutionary search on validation AUC, within the budget. `model`
+    is the supernet's model as `runner` trains it; every candidate is scored through the
+    runner (sharded: by every rank together, each taking the same decisions)."""
+    runner = runner or StageRunner()
     tables = supernet.table_names
     floats = budget_floats(cfg.budget, cfg.budget_ratio, supernet.schema, cfg.dim)
     budget = None if floats is None else floats * BYTES_PER_FLOAT
@@ -214,7 +272,7 @@ def search_widths(
     def score(c: tuple[int, ...]) -> float:
         supernet.search_widths = torch.tensor(c)
         try:
-            probs = predict(model, valid, train_cfg.eval_batch_size)
+            probs = runner.predict(model, valid, train_cfg.eval_batch_size)
         finally:
             supernet.search_widths = None
         auc = metrics.auc(labels, probs) if len(labels) else math.nan
@@ -238,7 +296,9 @@ def search_widths(
 # -- dnis ---------------------------------------------------------------------------------------
 def run_dnis(ctx: StageContext) -> StagedResult:
     cfg: Dnis = ctx.table_cfg
-    data = ctx.data
+    data, runner = ctx.data, ctx.runner
+    if runner.sharded:
+        raise ValueError(f"table kind 'dnis' cannot train sharded: {UNSHARDED['dnis']}")
     seed_everything(ctx.train_cfg.seed)
     embedding = build_embedding(data.train.schema, cfg, ctx.settings)
     assert isinstance(embedding, DnisEmbedding)
@@ -249,7 +309,7 @@ def run_dnis(ctx: StageContext) -> StagedResult:
     alpha_rows, select_rows = data.valid.split([0.5, 0.5]) if cfg.mode == "bilevel" else (data.valid, data.valid)
     selecting = dataclasses.replace(data, valid=select_rows)
     selection = SelectionCallback(model, embedding, cfg, alpha_rows, ctx.train_cfg.batch_size)
-    history = _fit(model, ctx.train_cfg, selecting, [selection])
+    history = runner.fit(model, ctx.train_cfg, selecting, [selection])
     stages["search"] = stage_report(model, data, history, embedding.memory().bytes, ctx.train_cfg)
     log.info("dnis search: %s", stages["search"])
 
@@ -258,9 +318,8 @@ def run_dnis(ctx: StageContext) -> StagedResult:
     log.info("dnis prune: %s", stages["prune"])
     if cfg.finetune_epochs:
         embedding.selection.requires_grad_(False)  # fixed: only the weights of kept entries move
-        trainer = Trainer(model, _epochs(ctx.train_cfg, cfg.finetune_epochs))
-        trainer.baseline(data.valid)  # the pruned model stays unless an epoch beats it
-        history = trainer.fit(data.train, data.valid)
+        # the pruned model stays unless an epoch beats it
+        history = runner.fit(model, _epochs(ctx.train_cfg, cfg.finetune_epochs), data, baseline=True)
         stages["finetune"] = stage_report(model, data, history, embedding.serving_bytes(), ctx.train_cfg)
         log.info("dnis finetune: %s", stages["finetune"])
     return StagedResult(model, history, stages, None)
@@ -269,6 +328,12 @@ def run_dnis(ctx: StageContext) -> StagedResult:
 PROCEDURES: dict[str, Callable[[StageContext], StagedResult]] = {
     "optembed": run_optembed,
     "dnis": run_dnis,
+}
+# why a procedure cannot run on a sharding StageRunner (`recemb train --nproc` refuses these)
+UNSHARDED: dict[str, str] = {
+    "dnis": "its prune stage (DnisEmbedding.prune) reads every table whole from the store, which a sharded "
+    "store does not hold; pruning sharded needs it to take per-group column statistics that the ranks sum from "
+    "their shards. Train it without --nproc",
 }
 
 

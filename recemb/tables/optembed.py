@@ -7,8 +7,9 @@ The module has two forms. The supernet (built from the config) holds full tables
   norm, hence the row, and to t) is the long-tailed straight-through estimator of Dynamic
   Sparse Training that the official code uses (recemb.pruning.masks.binary_step);
 - samples widths: in training (with autograd on), each sample keeps the first k columns of
-  each table's vector, k uniform over 4, 8, ..., dim; evaluation uses every column, or the
-  widths `search_widths` when the evolutionary search sets them.
+  each table's vector, k uniform over 4, 8, ..., dim (drawn for the global batch, so a
+  sharded run draws what one process does); evaluation uses every column, or the widths
+  `search_widths` when the evolutionary search sets them.
 The searched form (built with an `OptEmbedArch`: kept rows and a width per table) holds
 only the kept rows, `width` wide, plus one null row that pruned ids read and that is masked
 to zero; vectors are zero-padded to `dim`. recemb.pruning.procedures runs the stages
@@ -26,6 +27,7 @@ every row in the retrained model.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recemb.distributed.share import batch_share
 from recemb.features import Schema
 from recemb.pruning.masks import binary_step, sample_widths, width_mask
 from recemb.storage import MemoryReport, StoreLayout, StoreSettings, TableSpec
@@ -123,6 +126,10 @@ def serving_bytes(kept: dict[str, int], cardinality: dict[str, int], widths: dic
 
 class OptEmbedEmbedding(TableEmbedding):
     """The supernet (arch None) or the searched compact tables (see the module docstring)."""
+
+    # the supernet's draw counter advances once per training forward on every rank alike
+    # (recemb.distributed.state verifies it stays identical)
+    replicated_state: ClassVar[tuple[str, ...]] = ("_steps",)
 
     def __init__(
         self, schema: Schema, cfg: OptEmbed, settings: StoreSettings, arch: OptEmbedArch | None = None
@@ -264,13 +271,24 @@ class OptEmbedEmbedding(TableEmbedding):
         return Embedded(pooled, sequences)
 
     def _width_masks(self, batch: int, device: torch.device) -> Tensor | None:
+        """[B, T, D] sampled masks in training (autograd on), [1, T, D] the search's widths, or
+        None (every column)."""
         if self.training and torch.is_grad_enabled():
-            seed = self.cfg.seed * 1_000_003 + int(self._steps)
-            self._steps += 1
-            return width_mask(sample_widths(batch, len(self.table_names), self.cfg.dim, seed).to(device), self.cfg.dim)
+            return width_mask(self._sample_widths(batch).to(device), self.cfg.dim)
         if self.search_widths is not None:
             return width_mask(self.search_widths.to(device), self.cfg.dim).unsqueeze(0)
         return None
+
+    def _sample_widths(self, batch: int) -> Tensor:
+        """[B, T] this step's widths. They are drawn for the whole global batch and this
+        process keeps its share's rows (recemb.distributed.share), so ranks that each train
+        on a part of the batch draw what one process training on all of it draws; `_steps`
+        seeds the draw and advances alike on every rank (it is replicated state)."""
+        seed = self.cfg.seed * 1_000_003 + int(self._steps)
+        self._steps += 1
+        index, count = batch_share()
+        widths = sample_widths(batch * count, len(self.table_names), self.cfg.dim, seed)  # [count * B, T]
+        return widths[index * batch : (index + 1) * batch]
 
     def _searched(self, out: Tensor, kjt: KeyedJaggedTensor) -> Embedded:
         batch, dim = kjt.stride(), self.cfg.dim
@@ -302,28 +320,39 @@ class OptEmbedEmbedding(TableEmbedding):
 
     # -- stages -------------------------------------------------------------------------------
     @torch.no_grad()
-    def kept_rows(self) -> dict[str, Tensor | None]:
-        """The supernet's kept ids per table now (None: a table that is never pruned)."""
+    def kept_rows(self, norms: dict[str, Tensor] | None = None) -> dict[str, Tensor | None]:
+        """The supernet's kept ids per table now (None: a table that is never pruned).
+        `norms` gives each prunable table's row L1 norms [rows] where the store cannot hand
+        out whole tables (sharded: recemb.distributed.shard.table_row_norms); by default
+        they are read from the store."""
         if self.arch is not None:
             raise ValueError("kept_rows reads a supernet; this OptEmbed table is already searched")
-        weights = self.store.table_weights()
+        if norms is None:
+            weights = self.store.table_weights()
+            norms = {t: weights[t].abs().sum(1) for t in self.prunable}
+        missing = sorted(set(self.prunable) - set(norms))
+        if missing:
+            raise KeyError(f"kept_rows: norms lacks the prunable tables {missing}; it has {sorted(norms)}")
         out: dict[str, Tensor | None] = {t: None for t in self.table_names}
         for i, t in enumerate(self.prunable):
-            norms = weights[t].abs().sum(1)
-            out[t] = torch.nonzero(norms - self.thresholds[i].detach() > 0).flatten()
+            out[t] = torch.nonzero(norms[t] - self.thresholds[i].detach().to(norms[t].device) > 0).flatten().cpu()
         return out
 
-    def load_initial(self, initial: dict[str, Tensor]) -> None:
-        """Searched tables from the supernet's initial weights: kept rows, first width columns
-        (the null row zero)."""
-        weights = {}
-        for t in self.table_names:
-            w = initial[t][:, : self.arch.widths[t]]
-            ids = self.arch.kept.get(t)
+    def compact_initial(self, initial: Iterable[tuple[str, Tensor]]) -> Iterator[tuple[str, Tensor]]:
+        """(table, weights) of the searched tables from the supernet's initial (table,
+        weights), one table at a time (so a sharded store can take them without every
+        table at once): kept rows, first `width` columns, the null row zero."""
+        if self.arch is None:
+            raise ValueError("compact_initial makes searched tables; this OptEmbed table is the supernet")
+        for t, full in initial:
+            w = full[:, : self.arch.widths[t]]
             if t in self._pruned:
-                w = torch.cat([w[torch.as_tensor(ids, dtype=torch.long)], w.new_zeros(1, w.shape[1])])
-            weights[t] = w
-        self.store.load_table_weights(weights)
+                w = torch.cat([w[torch.as_tensor(self.arch.kept[t], dtype=torch.long)], w.new_zeros(1, w.shape[1])])
+            yield t, w
+
+    def load_initial(self, initial: dict[str, Tensor]) -> None:
+        """Searched tables from the supernet's initial weights (see `compact_initial`)."""
+        self.store.load_table_weights(dict(self.compact_initial((t, initial[t]) for t in self.table_names)))
 
     def serving_bytes(self) -> int:
         """What the export's fp32 tables take (no null rows)."""

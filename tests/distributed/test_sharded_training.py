@@ -13,7 +13,9 @@ row-wise Adagrad (the default) with table-wise, row-wise and data-parallel.
 
 Also: DCP checkpoints saved on 2 ranks resume on 2 (another plan) and on 1, and back;
 evaluation over ranks; memory per rank; stateful transforms (summed counters, drift
-caught); per-sample random draws made for the global batch (recemb.distributed.share).
+caught, every kind's transform state equal to one process's); per-sample random draws made
+for the global batch (recemb.distributed.share); a staged kind's training callbacks
+(OptEmbed's thresholds) and the row norms its hand-off reads, summed over shards.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ from recemb.data.synthetic import SyntheticConfig, generate
 from recemb.distributed.data import predict as predict_sharded
 from recemb.distributed.memory import rank_memory
 from recemb.distributed.plan import describe_plan, find_store
-from recemb.distributed.shard import gather_table_weights, shard_model
+from recemb.distributed.shard import gather_table_weights, shard_model, table_row_norms
 from recemb.distributed.share import batch_share
 from recemb.distributed.spawn import run_ranks
+from recemb.distributed.state import transform_buffers
 from recemb.distributed.trainer import DistributedTrainer
 from recemb.models import AutoInt, AutoIntConfig
+from recemb.pruning.procedures import ThresholdCallback
 from recemb.storage import EmbeddingOptimizer, StoreSettings
-from recemb.tables import KINDS, Full, build_embedding
+from recemb.tables import KINDS, Full, OptEmbed, build_embedding
 from recemb.tables.full import FullEmbedding
 from recemb.train import TrainConfig, predict
 
@@ -121,6 +125,7 @@ def train_and_compare(ref, trainer: DistributedTrainer, steps: int, rank: int, w
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     assert worst < 1e-5, f"a sharded loss differs from the unsharded one by {float(worst)}"
     assert_same_weights(trainer.model, ref)
+    assert_same_transform_state(trainer.model, ref)
 
 
 def assert_same_weights(dmp, ref, pg=None) -> None:
@@ -130,6 +135,16 @@ def assert_same_weights(dmp, ref, pg=None) -> None:
     mine = dmp.state_dict()
     for k, v in dense_state(ref).items():
         assert_close(mine[k], v, **DENSE_TOL, msg=lambda m, k=k: f"dense {k}: {m}")
+
+
+def assert_same_transform_state(dmp, ref) -> None:
+    """Every persistent buffer outside the stores (a kind's transform state: OptEmbed's draw
+    counter, DNIS's mask, summed counters) equals one process's."""
+    mine = {name: owner._buffers[buf] for name, owner, buf in transform_buffers(dmp.module)}
+    theirs = {name: owner._buffers[buf] for name, owner, buf in transform_buffers(ref)}
+    assert mine.keys() == theirs.keys(), (sorted(mine), sorted(theirs))
+    for name, value in theirs.items():
+        assert torch.equal(mine[name], value), f"transform state {name}: {mine[name]} != {value}"
 
 
 # -- checks (run on every rank) --------------------------------------------------------------------
@@ -342,6 +357,56 @@ def check_per_sample_draws(rank: int, world: int) -> None:
     train_and_compare(ref, DistributedTrainer(dmp, TRAIN), 3, rank, world, SINGLE)
 
 
+def check_stage_callbacks(rank: int, world: int) -> None:
+    """OptEmbed's supernet stage sharded column-wise: the ThresholdCallback (penalty on every
+    rank's loss, its own Adam, kept out of the dense Adam) trains thresholds, tables and dense
+    weights to one process's over several steps; the kept rows, read from row norms summed
+    over the column shards, are one process's, and some rows are pruned, some kept."""
+    cfg = OptEmbed(dim=16, threshold_init=0.12, threshold_lr=0.01, penalty=0.5)
+    table = lambda settings: build_embedding(DATA.schema, cfg, settings)
+    ref = build("optembed", "tbe", "adagrad", table)
+    dmp = sharded_twin(ref, "optembed", "adagrad", "column_wise", table=table)
+    sharded = dmp.module.embedding
+    trainer = DistributedTrainer(dmp, TRAIN, callbacks=[ThresholdCallback(sharded, cfg)])
+    adam = {id(p) for g in trainer.dense_optimizer.param_groups for p in g["params"]}
+    assert id(sharded.thresholds) not in adam, "the callback's parameter is stepped by the callback only"
+    callback = ThresholdCallback(ref.embedding, cfg)
+    ref_opt = torch.optim.Adam([p for p in ref.dense_parameters() if p is not ref.embedding.thresholds], lr=TRAIN.lr)
+    for step in range(4):
+        batch = DATA.batch(global_rows(step))
+        loss = F.binary_cross_entropy_with_logits(ref(batch.sparse, batch.dense), batch.labels)
+        ref_opt.zero_grad()
+        callback.loss(loss).backward()
+        ref_opt.step()
+        callback.after_step()
+        trainer.train_step(DATA.batch(local_rows(step, rank, world)))
+    assert not torch.allclose(ref.embedding.thresholds, torch.full_like(ref.embedding.thresholds, 0.12))
+    assert_close(sharded.thresholds, ref.embedding.thresholds, **DENSE_TOL)
+    assert_same_weights(dmp, ref)
+    assert_same_transform_state(dmp, ref)
+    expected = ref.embedding.kept_rows()
+    got = sharded.kept_rows(table_row_norms(dmp, sharded.prunable))
+    assert expected.keys() == got.keys() and sharded.prunable
+    for t, ids in expected.items():
+        if t not in sharded.prunable:  # read by a multi-hot bag: never pruned
+            assert ids is None and got[t] is None, t
+            continue
+        assert 0 < ids.numel() < sharded.cardinality[t], (t, ids)
+        assert torch.equal(got[t], ids), f"table {t}: kept {got[t].tolist()}, one process keeps {ids.tolist()}"
+
+
+def check_row_norms(rank: int, world: int) -> None:
+    """table_row_norms under every plan (whole, row and column shards, data-parallel copies;
+    bag and sequence collections) equals the L1 norms of one process's rows."""
+    ref = build("full", "tbe", "adagrad")
+    expected = {t: w.abs().sum(1) for t, w in ref.embedding.store.table_weights().items()}
+    for plan in PLANS:
+        dmp = sharded_twin(ref, "full", "adagrad", plan)
+        got = table_row_norms(dmp, sorted(expected))
+        for t, norms in expected.items():
+            assert_close(got[t], norms, **TOL, msg=lambda m, t=t, plan=plan: f"{plan} table {t}: {m}")
+
+
 def checks(root: str) -> list[tuple[str, object, tuple]]:
     out: list[tuple[str, object, tuple]] = [
         (f"{kind}-{plan}-{opt}", check_equivalence, (kind, plan, opt)) for kind, plan, opt in EQUIVALENCE
@@ -352,6 +417,8 @@ def checks(root: str) -> list[tuple[str, object, tuple]]:
     out.append(("transform_state", check_transform_state, ()))
     out.append(("undeclared_state", check_undeclared_state_is_caught, ()))
     out.append(("per_sample_draws", check_per_sample_draws, ()))
+    out.append(("stage_callbacks", check_stage_callbacks, ()))
+    out.append(("row_norms", check_row_norms, ()))
     return out
 
 
@@ -395,19 +462,9 @@ def _assert_ok(reports: list[dict[str, str]], name: str) -> None:
     assert not failures, "\n".join(failures)
 
 
-# kinds whose sharded training cannot equal one process's yet, and why
-PENDING = {
-    "optembed": "OptEmbedEmbedding._width_masks draws each sample's widths for the local batch; drawn for the "
-    "global batch with recemb.distributed.share.batch_share() (as DroppingFull here) it would shard exactly",
-}
-
-
 @pytest.mark.parametrize("kind, plan, opt", EQUIVALENCE)
 def test_sharded_equals_unsharded(reports, kind, plan, opt):
-    name = f"{kind}-{plan}-{opt}"
-    if kind in PENDING and any("a sharded loss differs" in rep[name] for rep in reports):
-        pytest.xfail(PENDING[kind])
-    _assert_ok(reports, name)
+    _assert_ok(reports, f"{kind}-{plan}-{opt}")
 
 
 def test_predict_over_ranks_and_memory_per_rank(reports):
@@ -432,3 +489,11 @@ def test_undeclared_state_that_drifts_stops_training(reports):
 
 def test_per_sample_draws_for_the_global_batch_shard_exactly(reports):
     _assert_ok(reports, "per_sample_draws")
+
+
+def test_stage_callbacks_train_sharded_as_in_one_process(reports):
+    _assert_ok(reports, "stage_callbacks")
+
+
+def test_row_norms_summed_over_shards_equal_one_process(reports):
+    _assert_ok(reports, "row_norms")

@@ -8,7 +8,14 @@ import torch
 
 from recemb.data import load_dataset
 from recemb.models import build_model, model_config
-from recemb.pruning.procedures import MODEL_FILE, SelectionCallback, ThresholdCallback
+from recemb.pruning.procedures import (
+    MODEL_FILE,
+    SelectionCallback,
+    StageContext,
+    StageRunner,
+    ThresholdCallback,
+    run_dnis,
+)
 from recemb.run import run_training
 from recemb.storage import StoreSettings
 from recemb.tables import Dnis, OptEmbed, build_embedding
@@ -84,3 +91,22 @@ def test_joint_mode_steps_alpha_on_the_training_loss(splits):
     callback.after_step()
     assert not torch.all(dnis.selection == 1) and dnis.selection.min() >= 0 and dnis.selection.max() <= 1
     assert dnis.selection.grad is None
+
+
+def test_dnis_refuses_a_sharding_runner(splits):
+    """DNIS's prune stage reads whole tables, which a sharded store does not hold: a sharding
+    runner is refused up front, naming the kind and the stage, not partway through."""
+
+    class Sharding(StageRunner):
+        sharded = True
+
+    ctx = StageContext(
+        splits,
+        Dnis(dim=8),
+        model_config("autoint", {"layers": 1}),
+        TrainConfig(),
+        StoreSettings("reference"),
+        Sharding(),
+    )
+    with pytest.raises(ValueError, match=r"table kind 'dnis' cannot train sharded: its prune stage \(DnisEmbedding"):
+        run_dnis(ctx)

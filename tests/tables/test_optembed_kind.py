@@ -8,6 +8,7 @@ import torch
 from torch.testing import assert_close
 
 import recemb.tables.optembed as optembed_module
+from recemb.distributed.share import sharing
 from recemb.features import FeatureSpec, Schema
 from recemb.pruning.masks import binary_step, step_slope, surrogate_step, width_choices
 from recemb.storage import EmbeddingOptimizer, StoreSettings
@@ -121,6 +122,47 @@ def test_training_samples_a_width_per_sample_and_table(batches_of):
         widths = (module(kjt).pooled != 0).sum(-1)
     assert torch.all(widths[:, 0] == 4) and torch.all(widths[:, 1] == 8)
     assert set(widths[:, 2].tolist()) == {0, 12}  # tags: 12 wide, or an empty bag
+
+
+def test_width_draws_are_made_for_the_global_batch_and_sliced_by_the_share(batches_of, make_kjt):
+    """Under recemb.distributed.share.sharing(i, 2), a module training on half of a batch
+    draws the widths one process draws for that half of the whole batch, step after step."""
+    whole = build_embedding(SCHEMA, OptEmbed(dim=16, seed=5), settings()).train()
+    halves = [build_embedding(SCHEMA, OptEmbed(dim=16, seed=5), settings()).train() for _ in range(2)]
+    for m in (whole, *halves):
+        m.thresholds.data.fill_(-1.0)  # keep every row: the nonzero columns are the widths
+    for step in range(3):
+        kjt = batches_of(SCHEMA, 32, seed=step)
+        expected = (whole(kjt).pooled[:, :2] != 0).sum(-1)  # [32, 2]: user's and item's widths
+        for i, module in enumerate(halves):
+            part = make_kjt(sample_ids(kjt, range(16 * i, 16 * (i + 1))))
+            with sharing(i, 2):
+                got = (module(part).pooled[:, :2] != 0).sum(-1)
+            assert torch.equal(got, expected[16 * i : 16 * (i + 1)]), (step, i)
+    assert int(whole._steps) == int(halves[0]._steps) == 3
+
+
+def sample_ids(kjt, rows: range) -> dict[str, list[list[int]]]:
+    """{key: ids of each sample in `rows`} of `kjt` (make_kjt's input)."""
+    out = {}
+    keys = kjt.keys()  # a KeyedJaggedTensor is not a dict: iterating it is not iterating its keys
+    for key in keys:
+        offsets, values = kjt[key].offsets(), kjt[key].values()
+        out[key] = [values[offsets[r] : offsets[r + 1]].tolist() for r in rows]
+    return out
+
+
+def test_kept_rows_from_given_norms_equal_those_read_from_the_store():
+    module = build_embedding(SCHEMA, OptEmbed(dim=16, threshold_init=0.12), settings())
+    weights = module.store.table_weights()
+    norms = {t: weights[t].abs().sum(1) for t in module.prunable}
+    from_store, given = module.kept_rows(), module.kept_rows(norms)
+    assert from_store.keys() == given.keys()
+    for t, ids in from_store.items():
+        assert (ids is None and given[t] is None) or torch.equal(ids, given[t]), t
+    assert 0 < from_store["user"].numel() < 10, "the threshold splits the rows"
+    with pytest.raises(KeyError, match=r"norms lacks the prunable tables \['item'\]"):
+        module.kept_rows({"user": norms["user"]})
 
 
 ARCH = OptEmbedArch(
