@@ -76,16 +76,7 @@ class TBEStore(EmbeddingStore):
             m = dims.index(t.dim)
             self._place[t.name] = (m, merged_rows[m])
             merged_rows[m] += t.rows
-        # fbgemm's CPU backward updates a table once per run of consecutive features reading
-        # it, so with lookups of different widths interleaved a row read in two runs would
-        # get two optimizer steps instead of one on its summed gradient (only sgd is immune).
-        # TBE sees the lookups grouped by merged table (stably, groups in order of first use:
-        # a layout already grouped is left as it is); the columns are put back.
-        first_use: dict[int, int] = {}
-        for lk in layout.lookups:
-            first_use.setdefault(self._place[lk.table][0], len(first_use))
-        order = sorted(range(len(layout.lookups)), key=lambda i: first_use[self._place[layout.lookups[i].table][0]])
-        self._tbe_layout = StoreLayout(layout.tables, tuple(layout.lookups[i] for i in order))
+        self._tbe_layout, order = self._grouped_by_merged_table(layout)
         self._key_order = order if order != sorted(order) else None
         tbe_columns = self._tbe_layout.column_slices()
         column_order = [c for key in layout.keys for c in range(tbe_columns[key].start, tbe_columns[key].stop)]
@@ -132,6 +123,23 @@ class TBEStore(EmbeddingStore):
             slot_rows_cumsum = torch.tensor([0, *accumulate(t.rows for t in slot_tables)], dtype=torch.int64)
         self.register_buffer("_slot_weights_offsets", slot_weights_offsets, persistent=False)
         self.register_buffer("_slot_rows_cumsum", slot_rows_cumsum, persistent=False)
+
+    def _grouped_by_merged_table(self, layout: StoreLayout) -> tuple[StoreLayout, list[int]]:
+        """The layout as TBE sees it, lookups sorted (stably) by merged table index, i.e. by
+        ascending width, and that order as indices into `layout.lookups`.
+
+        fbgemm's CPU backward needs both halves of that. Grouped: it updates a table once
+        per run of consecutive features reading it, so a row read in two runs would get two
+        optimizer steps instead of one on its summed gradient (only sgd is immune).
+        Ascending: it takes a table's row count as the first nonzero step, from the table's
+        first feature on, of a per-feature cumsum of row counts (TBE's hash_size_cumsum),
+        which only grows when feature_table_map does. With a later (wider) merged table
+        read first that step is negative, and row-wise Adagrad's fast path, taken by a
+        merged table read by one feature, fails: "num of rows processed by adagrad: 0 does
+        not match c_block size" (tests/storage/test_tbe_lookup_order.py). `lookup` puts
+        the columns back in the layout's order."""
+        order = sorted(range(len(layout.lookups)), key=lambda i: self._place[layout.lookups[i].table][0])
+        return StoreLayout(layout.tables, tuple(layout.lookups[i] for i in order)), order
 
     @staticmethod
     def _huge_page_buffers(rows: list[int], dims: list[int], optimizer: EmbeddingOptimizer) -> dict[str, Tensor]:
@@ -240,9 +248,7 @@ class TBEStore(EmbeddingStore):
 
     def optimizer_states(self) -> dict[str, list[Tensor]]:
         merged = self.tbe.split_optimizer_states()  # per merged table: [state0, state1, ...]
-        return {
-            t.name: [self._table_view(list(s), t.name).clone() for s in zip(*merged)] for t in self.layout.tables
-        }
+        return {t.name: [self._table_view(list(s), t.name).clone() for s in zip(*merged)] for t in self.layout.tables}
 
     @torch.no_grad()
     def load_optimizer_states(self, states: dict[str, list[Tensor]]) -> None:

@@ -77,9 +77,9 @@ def table_of(schema: Schema, owner: str, field: str, names: dict[str, int]) -> d
 
 def width_order(schema: Schema, widths: dict[str, int]) -> list[int]:
     """Schema features ordered by their table's width, ascending (stable): the store's lookup
-    order. fbgemm's CPU TBE backward fails ("num of rows processed by adagrad ... does not
-    match") when the store's first lookup reads a wider merged table than a later one, which
-    TBEStore's first-use grouping allows; ascending widths avoid it."""
+    order. Not needed for correctness: TBEStore puts any layout's lookups in this order for
+    fbgemm itself (see TBEStore._grouped_by_merged_table). Given it here, the store has
+    nothing to reorder; the kind permutes its keys and outputs instead."""
     return sorted(range(len(schema.sparse)), key=lambda i: widths[schema.sparse[i].table_name])
 
 

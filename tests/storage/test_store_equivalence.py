@@ -110,13 +110,13 @@ def assert_same_state(a, b) -> None:
     wa, wb = a.table_weights(), b.table_weights()
     assert wa.keys() == wb.keys()
     for name in wa:
-        assert_close(wa[name], wb[name], msg=lambda m: f"table {name!r}: {m}")
+        assert_close(wa[name], wb[name], msg=lambda m, name=name: f"table {name!r}: {m}")
     sa, sb = a.optimizer_states(), b.optimizer_states()
     assert sa.keys() == sb.keys()
     for name in sa:
         assert len(sa[name]) == len(sb[name])
         for x, y in zip(sa[name], sb[name]):
-            assert_close(x, y, msg=lambda m: f"optimizer state of table {name!r}: {m}")
+            assert_close(x, y, msg=lambda m, name=name: f"optimizer state of table {name!r}: {m}")
 
 
 # -- training equivalence ----------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_duplicate_ids_are_summed_then_updated_once(opt, make_kjt):
                 expected[r] -= lr * g / ((g * g).sqrt() + eps)
             else:
                 expected[r] -= lr * g / ((g * g).mean().sqrt() + eps)
-        assert_close(after, expected, msg=lambda m: f"{type(store).__name__}: {m}")
+        assert_close(after, expected, msg=lambda m, store=store: f"{type(store).__name__}: {m}")
         if opt == "rowwise_adagrad":
             state = store.optimizer_states()["t"][0]
             assert_close(state, torch.stack([(grad[r] ** 2).mean() for r in range(5)]))
@@ -209,7 +209,7 @@ def test_one_table_read_by_keys_on_either_side_of_another_dim(opt, make_kjt):
             expected[1] -= lr * g / (g.abs() + 1e-8)
         else:
             expected[1] -= lr * g / ((g * g).mean().sqrt() + 1e-8)
-        assert_close(store.table_weights()["a"], expected, msg=lambda m: f"{type(store).__name__}: {m}")
+        assert_close(store.table_weights()["a"], expected, msg=lambda m, store=store: f"{type(store).__name__}: {m}")
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -420,7 +420,7 @@ def test_embedding_bag_collection_gives_the_store_outputs(backend, make_kjt, mak
     with torch.no_grad():
         want = store.split(store(kjt))
     for key in POOLED_KEYS:
-        assert_close(got[key], want[key], msg=lambda m: f"key {key!r}: {m}")
+        assert_close(got[key], want[key], msg=lambda m, key=key: f"key {key!r}: {m}")
 
     # the collection holds a copy: training the store further leaves it as it was
     (store(kjt) * torch.randn(BATCH, EBC_LAYOUT.width, generator=gen)).sum().backward()
@@ -462,7 +462,7 @@ def test_ebc_of_a_table_read_with_sum_and_mean_is_never_silently_wrong(make_kjt)
     with torch.no_grad():
         want = store.split(store(kjt))
     for key in layout.keys:
-        assert_close(got[key], want[key], msg=lambda m: f"key {key!r}: {m}")
+        assert_close(got[key], want[key], msg=lambda m, key=key: f"key {key!r}: {m}")
 
 
 @pytest.mark.parametrize("src, dst", [("tbe", "reference"), ("reference", "tbe")])

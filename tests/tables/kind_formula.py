@@ -74,7 +74,7 @@ def check_formula(module, make_kjt, bag, bags=BAGS) -> None:
     loss(got.pooled, {n: v[0] for n, v in got.sequences.items()}).backward()
     after = module.store.table_weights()
     for (name, w), g in zip(weights.items(), grads):
-        assert_close(before[name] - after[name], torch.zeros_like(w) if g is None else g, msg=lambda m: f"{name}: {m}")
+        assert_close(before[name] - after[name], torch.zeros_like(w) if g is None else g, msg=lambda m, name=name: f"{name}: {m}")
     for p, g in zip(dense, grads[len(weights) :]):
         assert_close(p.grad, g)
 

@@ -185,7 +185,7 @@ def test_tbe_path_equals_reference_path(kind, opt, batches, trainable):
     with torch.no_grad():
         assert_close(flat(tbe(kjts[3])), flat(ref(kjts[3])))
     for name, w in ref.store.table_weights().items():
-        assert_close(tbe.store.table_weights()[name], w, msg=lambda m: f"table {name!r}: {m}")
+        assert_close(tbe.store.table_weights()[name], w, msg=lambda m, name=name: f"table {name!r}: {m}")
     for name, states in ref.store.optimizer_states().items():
         for a, b in zip(tbe.store.optimizer_states()[name], states):
             assert_close(a, b)

@@ -87,8 +87,9 @@ def test_a_feature_of_more_chunks_gets_more_rows_and_width(make_kjt):
     cfg = Unified(dim=16, chunks=2, chunks_per_feature=("user=4",))
     module = build_embedding(SCHEMA, cfg, StoreSettings("reference"))
     kjt = module.store_input(make_kjt(BAGS))
-    assert [k for k in kjt.keys() if k.startswith("user#")] == ["user#0", "user#1", "user#2", "user#3"]
-    assert [k for k in kjt.keys() if k.startswith("tags#")] == ["tags#0", "tags#1"]
+    keys = kjt.keys()  # a KJT's key list (a KJT is no dict: `k in kjt` would not iterate keys)
+    assert [k for k in keys if k.startswith("user#")] == ["user#0", "user#1", "user#2", "user#3"]
+    assert [k for k in keys if k.startswith("tags#")] == ["tags#0", "tags#1"]
     assert module.store.layout.tables[0].dim == 4
     projected = {t for t in ("user", "item", "tags", "genres") if module.projection(t) is not None}
     assert projected == {"item", "tags", "genres"}  # 2 chunks x 4 != 16; user's 4 x 4 is 16
