@@ -13,7 +13,7 @@ PINS := torch==2.13.0 $(FBGEMM)
 # torchrec comes without its dependencies (its metadata asks for the CUDA fbgemm-gpu);
 # these are the ones it really imports.
 TORCHREC_NEEDS := tensordict torchmetrics tqdm pyre-extensions iopath
-PACKAGES := numpy pandas scikit-learn tqdm matplotlib pyyaml pytest hypothesis
+PACKAGES := numpy pandas scikit-learn tqdm matplotlib pyyaml pytest hypothesis ninja
 
 .PHONY: setup demo test bench clean
 

@@ -29,7 +29,9 @@ backward of them. Other devices run the same steps in torch; both give the same 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -215,13 +217,113 @@ def _multiply_shift(hashes: Tensor, buckets: int | Tensor) -> Tensor:
     return low.bitwise_right_shift_(FAST_BITS)
 
 
-def hash_to_buckets(ids: Tensor, salt: int | Tensor, buckets: int | Tensor, max_buckets: int | None = None) -> Tensor:
-    """bucketize(salted_hash(ids, salt), buckets): the row of each id in a hashed table."""
+class Runs:
+    """One int64 per id, given per run of ids: `values[r]` for each of the `counts[r]` ids of
+    run r, the runs end to end. A hashed table's features are runs of its ids, each with its
+    salt and size: the kernel reads R values where an [N] array would add a memory stream as
+    large as the ids (its time goes to streams); the numpy and torch paths read `per_id`,
+    spread once and kept. (A plain class: a dataclass needs its module registered, which a
+    test that loads this file alone does not do.)"""
+
+    def __init__(self, values: Tensor, counts: Tensor) -> None:
+        for name, t in (("values", values), ("counts", counts)):
+            if t.dim() != 1 or t.dtype != torch.int64:
+                raise ValueError(f"Runs.{name} must be a 1-d int64 tensor, got {t.dtype} of shape {tuple(t.shape)}")
+        if values.shape != counts.shape:
+            raise ValueError(
+                f"Runs.values and Runs.counts must have one entry per run, got {values.numel()} values "
+                f"and {counts.numel()} counts"
+            )
+        self.values = values  # [R] int64
+        self.counts = counts  # [R] int64, ids per run
+
+    @functools.cached_property
+    def per_id(self) -> Tensor:
+        """[N]: each id's value."""
+        return torch.repeat_interleave(self.values, self.counts)
+
+    @functools.cached_property
+    def ends(self) -> Tensor:
+        """[R]: where each run stops."""
+        return torch.cumsum(self.counts, 0)
+
+    @functools.cached_property
+    def largest(self) -> int:
+        return int(self.values.max()) if self.values.numel() else 0
+
+
+def hash_to_buckets(
+    ids: Tensor, salt: int | Tensor | Runs, buckets: int | Tensor | Runs, max_buckets: int | None = None
+) -> Tensor:
+    """bucketize(salted_hash(ids, salt), buckets): the row of each id in a hashed table. A salt
+    or size per id may come as a tensor [N] or as Runs of the (1-d) ids."""
     if isinstance(buckets, int) and buckets < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
-    if _numpy_ok(ids, salt, buckets):  # one array, hashed and bucketized in place
-        return _to_tensor(_bucketize_numpy_(_salted_hash_numpy(ids, salt), buckets, max_buckets))
-    return _bucketize_torch(_salted_hash_torch(ids, salt), buckets, max_buckets)
+    if _numpy_ok(ids, *_tensors(salt), *_tensors(buckets)):
+        kernel = _kernel()
+        if kernel is not None and _native_ok(ids, salt, buckets):
+            return _hash_to_buckets_native(kernel, ids, salt, buckets, max_buckets)
+        return _hash_to_buckets_numpy(ids, _spread(salt), _spread(buckets), max_buckets)
+    return _bucketize_torch(_salted_hash_torch(ids, _spread(salt)), _spread(buckets), max_buckets)
+
+
+def _tensors(arg: int | Tensor | Runs) -> tuple[int | Tensor, ...]:
+    return (arg.values,) if isinstance(arg, Runs) else (arg,)  # counts live beside the values
+
+
+def _spread(arg: int | Tensor | Runs) -> int | Tensor:
+    return arg.per_id if isinstance(arg, Runs) else arg
+
+
+def _hash_to_buckets_numpy(ids: Tensor, salt: int | Tensor, buckets: int | Tensor, max_buckets: int | None) -> Tensor:
+    """hash_to_buckets in numpy: one array, hashed and bucketized in place."""
+    return _to_tensor(_bucketize_numpy_(_salted_hash_numpy(ids, salt), buckets, max_buckets))
+
+
+def _kernel() -> ModuleType | None:
+    """The one-pass C++ kernel of hash_to_buckets (recemb/native/hash.cpp), or None where it
+    cannot be built or RECEMB_NATIVE=0."""
+    try:
+        from recemb import native
+    except ImportError:  # this file loaded alone, outside its package
+        return None
+    return native.load("hash")
+
+
+def _native_ok(ids: Tensor, salt: int | Tensor | Runs, buckets: int | Tensor | Runs) -> bool:
+    """Whether the kernel takes these (past `_numpy_ok`): a size below 2**63; tensors of the
+    ids' shape (numpy would broadcast others); Runs of 1-d ids, over the same runs and not
+    mixed with tensors."""
+    if isinstance(buckets, int) and buckets > MASK63:
+        return False
+    args = (salt, buckets)
+    runs = [a for a in args if isinstance(a, Runs)]
+    if runs:
+        same = all(r.counts is runs[0].counts or torch.equal(r.counts, runs[0].counts) for r in runs[1:])
+        return same and ids.dim() == 1 and not any(isinstance(a, Tensor) for a in args)
+    return all(isinstance(a, int) or a.shape == ids.shape for a in args)
+
+
+def _hash_to_buckets_native(
+    kernel: ModuleType, ids: Tensor, salt: int | Tensor | Runs, buckets: int | Tensor | Runs, max_buckets: int | None
+) -> Tensor:
+    """hash_to_buckets by the C++ kernel: the same bits as the numpy path, in one pass."""
+    salts = sizes = ends = None
+    if isinstance(salt, Runs):
+        salts, ends = salt.values, salt.ends
+    elif isinstance(salt, Tensor):
+        salts = salt.long()
+    if isinstance(buckets, Runs):
+        sizes, ends = buckets.values, buckets.ends
+    elif isinstance(buckets, Tensor):
+        sizes = buckets.long()
+    largest = 0
+    if sizes is not None:  # only its side of FAST_RANGE_LIMIT matters: clamped into int64
+        if max_buckets is None:
+            max_buckets = buckets.largest if isinstance(buckets, Runs) else int(sizes.max())
+        largest = max(0, min(max_buckets, MASK63))
+    salt_int = 0 if salts is not None else _signed(salt)  # type: ignore[arg-type]
+    return kernel.hash_to_buckets(ids, salts, sizes, ends, salt_int, 0 if sizes is not None else buckets, largest)
 
 
 def _fnv1a(data: bytes) -> int:

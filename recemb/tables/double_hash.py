@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from recemb.features import Schema
-from recemb.hashing import feature_salt, hash_to_buckets
+from recemb.hashing import Runs, feature_salt, hash_to_buckets
 from recemb.storage import StoreSettings, TableSpec
 from recemb.tables.budget import check_budget_fields
 from recemb.tables.hashed import STORE_DIM_MULTIPLE, Probe, ProbeEmbedding, sized_rows
@@ -78,6 +78,8 @@ class DoubleHashEmbedding(ProbeEmbedding):
     """Key `C1#i` reads hash i of C1's ids; the k vectors are summed or concatenated. A sum
     starts each table at init_std/sqrt(k), so the summed vector has a full table's spread."""
 
+    hash_args = ("salt", "rows")
+
     def __init__(self, schema: Schema, cfg: DoubleHash, settings: StoreSettings) -> None:
         super().__init__(schema, settings)
         self.cfg = cfg
@@ -109,7 +111,7 @@ class DoubleHashEmbedding(ProbeEmbedding):
     def dim(self) -> int:
         return self.cfg.dim
 
-    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor], probe: int) -> Tensor:
+    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor | Runs], probe: int) -> Tensor:
         return hash_to_buckets(ids, args["salt"], args["rows"], self._arg_max["rows"])
 
     def combine(self, parts: list[Tensor], feature: int | None) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from recemb.features import Schema
-from recemb.hashing import feature_salt, hash_to_buckets
+from recemb.hashing import Runs, feature_salt, hash_to_buckets
 from recemb.storage import StoreSettings, TableSpec
 from recemb.storage.layout import BYTES_PER_FLOAT
 from recemb.tables.budget import budget_floats, check_budget_fields, fill_rows, too_small
@@ -76,6 +76,8 @@ class HashEmbeddingEmbedding(ProbeEmbedding):
     `t#weights` of weight_rows x ceil4(k); feature C1 reads keys `C1#0`..`C1#{k-1}` (its
     components) and `C1#w` (its importance weights)."""
 
+    hash_args = ("salt", "rows")
+
     def __init__(self, schema: Schema, cfg: HashEmbedding, settings: StoreSettings) -> None:
         super().__init__(schema, settings)
         self.cfg = cfg
@@ -117,7 +119,7 @@ class HashEmbeddingEmbedding(ProbeEmbedding):
     def dim(self) -> int:
         return self.cfg.dim
 
-    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor], probe: int) -> Tensor:
+    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor | Runs], probe: int) -> Tensor:
         return hash_to_buckets(ids, args["salt"], args["rows"], self._arg_max["rows"])
 
     def combine(self, parts: list[Tensor], feature: int | None) -> Tensor:

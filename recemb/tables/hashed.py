@@ -17,7 +17,7 @@ from torch import Tensor
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recemb.features import Schema
-from recemb.hashing import feature_salt, hash_to_buckets
+from recemb.hashing import Runs, feature_salt, hash_to_buckets
 from recemb.storage import LookupSpec, StoreLayout, StoreSettings, TableSpec
 from recemb.storage.base import length_per_key
 from recemb.storage.layout import BYTES_PER_FLOAT
@@ -48,7 +48,14 @@ class ProbeEmbedding(TableEmbedding):
     gather: the store's ids are the input's, once per round), a round's keys are one width
     (the TBE store's merged tables stay contiguous), and without sequences the store output
     is one [B, F, w] view per round, combined for all features in one call.
+
+    An integer arg that differs between a round's features reaches `store_rows` as a tensor
+    of one value per id, or, for the args named in `hash_args` (which `store_rows` only passes
+    on to `hash_to_buckets`), as `Runs`: one value per feature, which the hash kernel reads
+    without an [N] array.
     """
+
+    hash_args: ClassVar[tuple[str, ...]] = ()
 
     def _setup(self, tables: list[TableSpec], probes: list[list[Probe]]) -> None:
         self._tables = tuple(tables)
@@ -78,6 +85,7 @@ class ProbeEmbedding(TableEmbedding):
         self._fast = not self.schema.sequences and self._same_probes and len(widths) == 1
         self._round_widths = list(widths.pop()) if self._fast else []
         self._key_columns = [s.stop - s.start for s in self.store.layout.column_slices().values()]
+        self._store_keys = list(self.store.layout.keys)
 
     def layout(self) -> StoreLayout:
         lookups = []
@@ -88,9 +96,10 @@ class ProbeEmbedding(TableEmbedding):
         return StoreLayout(self._tables, tuple(lookups))
 
     # -- what each kind implements --------------------------------------------------------
-    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor], probe: int) -> Tensor:
+    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor | Runs], probe: int) -> Tensor:
         """Rows [N] of probe `probe` for raw ids [N] int64 (probes come in order 0, 1, ...);
-        `args[name]` is an int, or a tensor [N] when the features' values differ."""
+        `args[name]` is an int, or where the features' values differ a tensor [N] (Runs for
+        the names in `hash_args`)."""
         raise NotImplementedError
 
     def combine(self, parts: list[Tensor], feature: int | None) -> Tensor:
@@ -121,12 +130,14 @@ class ProbeEmbedding(TableEmbedding):
                 lengths = lengths.view(len(self._probes), -1)[features].reshape(-1)
                 offsets = None
         return KeyedJaggedTensor(
-            keys=list(self.store.layout.keys),
+            keys=self._store_keys,
             values=rows[0] if len(rows) == 1 else torch.cat(rows),
             lengths=lengths,
             offsets=offsets,
             stride=kjt.stride(),
-            length_per_key=[per_feature[f] for f, _ in self._key_order],
+            length_per_key=per_feature * self._n_rounds
+            if self._same_probes
+            else [per_feature[f] for f, _ in self._key_order],
         )
 
     def _plan(self, length_per_key: list[int], device: torch.device) -> list[dict[str, object]]:
@@ -147,9 +158,14 @@ class ProbeEmbedding(TableEmbedding):
                 first = torch.cumsum(counts, 0) - counts
                 key = torch.repeat_interleave(torch.arange(len(counts), device=device), counts, output_size=total)
                 index = (starts[features] - first)[key] + torch.arange(total, device=device)
-            args: dict[str, int | Tensor] = {}
+            args: dict[str, int | Tensor | Runs] = {}
             for name, arg in round_args.items():  # an int, or a buffer's name: spread to the ids
-                args[name] = arg if isinstance(arg, int) else torch.repeat_interleave(getattr(self, arg), counts)
+                if isinstance(arg, int):
+                    args[name] = arg
+                elif name in self.hash_args:
+                    args[name] = Runs(getattr(self, arg), counts)
+                else:
+                    args[name] = torch.repeat_interleave(getattr(self, arg), counts)
             rounds.append({"index": index, "args": args})
         self._cache = (signature, rounds)
         return rounds
@@ -213,6 +229,8 @@ class HashedEmbedding(ProbeEmbedding):
     """One hashed table per logical table, read once per feature (key `C1#0`). Features sharing
     a table share its salt, so a target item and a history of items read the same rows."""
 
+    hash_args = ("salt", "rows")
+
     def __init__(self, schema: Schema, cfg: Hashed, settings: StoreSettings) -> None:
         super().__init__(schema, settings)
         self.cfg = cfg
@@ -230,7 +248,7 @@ class HashedEmbedding(ProbeEmbedding):
     def dim(self) -> int:
         return self.cfg.dim
 
-    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor], probe: int) -> Tensor:
+    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor | Runs], probe: int) -> Tensor:
         return hash_to_buckets(ids, args["salt"], args["rows"], self._arg_max["rows"])
 
 

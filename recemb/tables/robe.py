@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from recemb.features import Schema
-from recemb.hashing import feature_salt, hash_to_buckets
+from recemb.hashing import Runs, feature_salt, hash_to_buckets
 from recemb.storage import StoreSettings, TableSpec
 from recemb.storage.layout import BYTES_PER_FLOAT
 from recemb.tables.budget import budget_floats, check_budget_fields, full_bytes, too_small
@@ -71,6 +71,8 @@ class RobeEmbedding(ProbeEmbedding):
     """Feature C1 reads keys `C1#0`..`C1#{dim/align - 1}` of table `robe`: key i is row
     i mod (Z/align) of block i // (Z/align), counted from the block's hashed row."""
 
+    hash_args = ("salt",)
+
     def __init__(self, schema: Schema, cfg: Robe, settings: StoreSettings) -> None:
         super().__init__(schema, settings)
         self.cfg = cfg
@@ -106,7 +108,7 @@ class RobeEmbedding(ProbeEmbedding):
         salt = feature_salt(self.cfg.seed, self.schema.feature(feature).table_name, block)
         return hash_to_buckets(ids, salt, self.rows)
 
-    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor], probe: int) -> Tensor:
+    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor | Runs], probe: int) -> Tensor:
         shift = probe % (self.cfg.block // self.cfg.align)  # row of the block
         if shift == 0:  # a block's first probe hashes; the next ones (called next) follow it
             self._block_start = hash_to_buckets(ids, args["salt"], self.rows)

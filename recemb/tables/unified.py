@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from recemb.features import Schema
-from recemb.hashing import feature_salt, hash_to_buckets
+from recemb.hashing import Runs, feature_salt, hash_to_buckets
 from recemb.storage import StoreSettings, TableSpec
 from recemb.storage.layout import BYTES_PER_FLOAT
 from recemb.tables.budget import budget_floats, check_budget_fields, too_small
@@ -93,6 +93,8 @@ class UnifiedEmbedding(ProbeEmbedding):
     """Feature C1 of c chunks reads keys `C1#0`..`C1#{c-1}` from the shared table(s); its
     chunks are concatenated (and projected to dim when c·w != dim)."""
 
+    hash_args = ("salt",)
+
     def __init__(self, schema: Schema, cfg: Unified, settings: StoreSettings) -> None:
         super().__init__(schema, settings)
         self.cfg = cfg
@@ -104,9 +106,7 @@ class UnifiedEmbedding(ProbeEmbedding):
             )
         w = cfg.chunk_dim
         # chunks per logical table, so a target item and its history read the same rows
-        chunks = {
-            t: max(overrides.get(f.name, cfg.chunks) for f in members) for t, members in schema.tables().items()
-        }
+        chunks = {t: max(overrides.get(f.name, cfg.chunks) for f in members) for t, members in schema.tables().items()}
         # a list, not a ModuleDict: table names may hold "." or be "keys", which a ModuleDict refuses
         projected = [t for t, c in chunks.items() if c * w != cfg.dim]
         self.projections = nn.ModuleList(nn.Linear(chunks[t] * w, cfg.dim, bias=False) for t in projected)
@@ -145,7 +145,7 @@ class UnifiedEmbedding(ProbeEmbedding):
     def dim(self) -> int:
         return self.cfg.dim
 
-    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor], probe: int) -> Tensor:
+    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor | Runs], probe: int) -> Tensor:
         return hash_to_buckets(ids, args["salt"], self.rows)
 
     def combine(self, parts: list[Tensor], feature: int | None) -> Tensor:
