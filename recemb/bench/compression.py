@@ -26,7 +26,12 @@ Outputs under --out: compression.csv (one row per kind and budget), compression.
 AUC against table bytes, log-scaled, one line per kind), compression.md (the tables as
 markdown), compression.json (everything, per-seed metrics, environment). samples/s is
 training throughput on this machine, one thread by default (--threads): on a shared machine
-it is noisy and only roughly comparable.
+it is noisy and only roughly comparable. The valid AUC column (each run's chosen epoch) is
+the one to choose settings by; choosing by test AUC would tune on the test rows.
+
+--jobs N trains N runs at a time in worker processes (parallel_runs.py), --threads torch
+threads each; every run seeds itself, so the metrics are those of --jobs 1 (samples/s is not:
+concurrent runs share the machine). --init-std sets every kind's initial row spread.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recemb.bench.parallel_runs import run_tasks
 from recemb.config import load_config_file
 from recemb.data import DataSplits, load_dataset
 from recemb.run import DEFAULTS, environment, merge_config, run_training
@@ -64,7 +70,7 @@ BASE_CONFIG: dict[str, Any] = {
 }
 CSV_COLUMNS: tuple[str, ...] = (
     "kind", "budget", "setting", "status", "bytes", "budget_bytes", "params", "optimizer_bytes",
-    "auc_mean", "auc_std", "auc_se", "logloss_mean", "logloss_std", "samples_per_s", "seeds", "note",
+    "auc_mean", "auc_std", "auc_se", "valid_auc_mean", "logloss_mean", "logloss_std", "samples_per_s", "seeds", "note",
 )  # fmt: skip
 
 
@@ -100,7 +106,8 @@ class Cell:
         return f"{self.table['kind']}:" + ",".join(f"{k}={v}" for k, v in values.items())
 
     def mean(self, key: str) -> float:
-        return float(np.mean([r[key] for r in self.runs])) if self.runs else math.nan
+        values = [r[key] for r in self.runs if r.get(key) is not None]
+        return float(np.mean(values)) if values else math.nan
 
     def std(self, key: str) -> float:
         if not self.runs:
@@ -120,6 +127,7 @@ class Cell:
             "auc_mean": self.mean("auc"),
             "auc_std": self.std("auc"),
             "auc_se": self.mean("auc_se"),
+            "valid_auc_mean": self.mean("valid_auc"),  # of each run's chosen epoch
             "logloss_mean": self.mean("logloss"),
             "logloss_std": self.std("logloss"),
             "samples_per_s": self.mean("samples_per_s"),
@@ -171,60 +179,104 @@ def table_for(kind: str, budget: float, dim: int) -> tuple[dict[str, Any] | None
 
 # -- the sweep ---------------------------------------------------------------------------------
 def sweep(
-    splits: DataSplits, base: dict[str, Any], kinds: list[str], budgets: list[float], seeds: int, dim: int
+    splits: DataSplits,
+    base: dict[str, Any],
+    kinds: list[str],
+    budgets: list[float],
+    seeds: int,
+    dim: int,
+    jobs: int = 1,
+    threads: int = 1,
+    table_options: dict[str, Any] | None = None,
 ) -> list[Cell]:
-    """Train every feasible (kind, budget) once per seed on `splits`; cells in kind order."""
+    """Train every feasible (kind, budget) once per seed on `splits`; cells in kind order.
+    With jobs > 1 the runs go to that many worker processes, with the same results."""
+    cells = plan(splits, kinds, budgets, dim, table_options or {})
+    tasks = [(c, seed) for c, cell in enumerate(cells) if cell.feasible for seed in range(seeds)]
+    configs = [_seeded(base, cells[c].table or {}, seed) for c, seed in tasks]
+    outcomes: dict[tuple[int, int], dict[str, Any]] = {}
+    failed: set[int] = set()  # cells with a failed run: their other seeds need not run
+    for done, (index, outcome) in enumerate(
+        run_tasks(_train, splits, configs, jobs, threads, skip=lambda i: tasks[i][0] in failed), 1
+    ):
+        c, seed = tasks[index]
+        outcomes[c, seed] = outcome
+        if "error" in outcome:
+            failed.add(c)
+        text = outcome.get("error") or f"AUC {outcome['metrics']['auc']:.4f}"
+        _progress(f"    [{done}/{len(tasks)}] {cells[c].kind} at budget {cells[c].budget:g}, seed {seed}: {text} "
+                  f"({outcome['seconds']:.0f} s)")  # fmt: skip
+    budget_bytes = full_bytes(splits.train.schema, dim)
+    for c, cell in enumerate(cells):
+        if cell.feasible:
+            _collect(cell, [outcomes.get((c, seed)) for seed in range(seeds)], int(cell.budget * budget_bytes))
+    return cells
+
+
+def plan(
+    splits: DataSplits, kinds: list[str], budgets: list[float], dim: int, table_options: dict[str, Any]
+) -> list[Cell]:
+    """Every (kind, budget) in kind order: its table section and bytes, or why it cannot fit.
+    `table_options` (e.g. init_std) go to every kind that has such a setting."""
     schema = splits.train.schema
     cells = []
     total = len(kinds) * len(budgets)
     for kind in kinds:
+        fields = {f.name for f in dataclasses.fields(KINDS[kind])}
+        options = {k: v for k, v in table_options.items() if k in fields}
         for budget in budgets:
             table, note = table_for(kind, budget, dim)
-            cell = Cell(kind, budget, table, note)
+            cell = Cell(kind, budget, table if table is None else {**table, **options}, note)
             cells.append(cell)
-            if table is not None:
+            if cell.table is not None:
                 try:  # a kind refuses a budget below its smallest configuration
-                    memory = build_embedding(schema, table_from_mapping(table), StoreSettings()).memory()
+                    memory = build_embedding(schema, table_from_mapping(cell.table), StoreSettings()).memory()
                 except ValueError as e:
                     cell.table, cell.note = None, str(e)
                 else:
                     cell.bytes, cell.params, cell.optimizer_bytes = memory.bytes, memory.params, memory.optimizer_bytes
             _progress(f"[{len(cells)}/{total}] {kind} at budget {budget:g}: "
                       + (cell.setting if cell.feasible else f"infeasible ({cell.note})"))  # fmt: skip
-            if not cell.feasible:
-                continue
-            for seed in range(seeds):
-                started = time.perf_counter()
-                try:
-                    result = run_training(_seeded(base, table, seed), data=splits)
-                except Exception as e:  # one kind's bug must not lose an hour of others' runs
-                    cell.runs, cell.probs = [], []
-                    if isinstance(e, ValueError) and _refuses_budget(e):
-                        # kinds trained in stages check the budget against what they learned
-                        cell.table, cell.note = None, str(e)
-                    else:
-                        cell.failed, cell.note = True, f"failed: {type(e).__name__}: {e}"
-                    _progress(f"    seed {seed}: {cell.status}: {cell.note}")
-                    break
-                cell.runs.append(result.metrics)
-                cell.probs.append(result.test_probs)
-                _progress(f"    seed {seed}: AUC {result.metrics['auc']:.4f} ({time.perf_counter() - started:.0f} s)")
-            if not cell.runs:
-                continue
-            # what the trained tables take: kinds trained in stages (pruning, search) report
-            # their last stage's exported tables, smaller than the module built above
-            cell.bytes = max(_trained_bytes(r) for r in cell.runs)
-            cell.params = max(r["table_params"] for r in cell.runs) if "stages" not in cell.runs[0] else 0
-            cell.optimizer_bytes = max(r["table_optimizer_bytes"] for r in cell.runs)
-            notes = [cell.note] if cell.note else []
-            if "stages" in cell.runs[0]:
-                notes.append(f"trained in stages: {', '.join(cell.runs[0]['stages'])}; bytes of the last")
-            budget_bytes = int(budget * full_bytes(schema, dim))
-            if kind != REFERENCE and cell.bytes > budget_bytes:
-                cell.over_budget = True
-                notes.append(f"over budget: {cell.bytes:,} > {budget_bytes:,} bytes, not ranked")
-            cell.note = "; ".join(notes)
     return cells
+
+
+def _train(splits: DataSplits, conf: dict[str, Any]) -> dict[str, Any]:
+    """One run (in this process or a worker): its metrics and test predictions, or its error."""
+    started = time.perf_counter()
+    try:
+        result = run_training(conf, data=splits)
+    except Exception as e:  # noqa: BLE001 (one kind's bug must not lose an hour of others' runs)
+        # kinds trained in stages check the budget against what they learned
+        refused = isinstance(e, ValueError) and _refuses_budget(e)
+        error = str(e) if refused else f"failed: {type(e).__name__}: {e}"
+        return {"error": error, "refused": refused, "seconds": time.perf_counter() - started}
+    return {"metrics": result.metrics, "probs": result.test_probs, "seconds": time.perf_counter() - started}
+
+
+def _collect(cell: Cell, outcomes: list[dict[str, Any] | None], budget_bytes: int) -> None:
+    """A cell's runs (one outcome per seed, None where a run was skipped after a failure);
+    the first failure in seed order, if any, makes the cell failed or infeasible."""
+    error = next((o for o in outcomes if o is not None and "error" in o), None)
+    if error is not None:
+        if error["refused"]:
+            cell.table, cell.note = None, error["error"]
+        else:
+            cell.failed, cell.note = True, error["error"]
+        return
+    cell.runs = [o["metrics"] for o in outcomes if o is not None]
+    cell.probs = [o["probs"] for o in outcomes if o is not None]
+    # what the trained tables take: kinds trained in stages (pruning, search) report
+    # their last stage's exported tables, smaller than the module built by `plan`
+    cell.bytes = max(_trained_bytes(r) for r in cell.runs)
+    cell.params = max(r["table_params"] for r in cell.runs) if "stages" not in cell.runs[0] else 0
+    cell.optimizer_bytes = max(r["table_optimizer_bytes"] for r in cell.runs)
+    notes = [cell.note] if cell.note else []
+    if "stages" in cell.runs[0]:
+        notes.append(f"trained in stages: {', '.join(cell.runs[0]['stages'])}; bytes of the last")
+    if cell.kind != REFERENCE and cell.bytes > budget_bytes:
+        cell.over_budget = True
+        notes.append(f"over budget: {cell.bytes:,} > {budget_bytes:,} bytes, not ranked")
+    cell.note = "; ".join(notes)
 
 
 def _refuses_budget(error: ValueError) -> bool:
@@ -326,7 +378,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _csv_value(row[k]) for k in CSV_COLUMNS})
+            writer.writerow({k: _csv_value(row.get(k)) for k in CSV_COLUMNS})  # .get: older sweeps' JSON
 
 
 def _csv_value(value: Any) -> Any:
@@ -370,21 +422,24 @@ def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     name = s["data"].split(":")[0]
     lines = [
-        f"{s['model']} on {name}: {s['train_rows']:,} training rows, {s['test_rows']:,} test rows; table width "
-        f"{s['dim']}, full = {s['full_bytes']:,} bytes; {s['seeds']} seed(s), {s['epochs']} epoch(s).",
+        (
+            f"{s['model']} on {name}: {s['train_rows']:,} training rows, {s['test_rows']:,} test rows; table width "
+            f"{s['dim']}, full = {s['full_bytes']:,} bytes; {s['seeds']} seed(s), {s['epochs']} epoch(s)."
+        ),
         "",
-        "| kind | budget | bytes | test AUC (mean ± std) | log loss | samples/s | note |",
-        "|---|---|---|---|---|---|---|",
+        "| kind | budget | bytes | test AUC (mean ± std) | valid AUC | log loss | samples/s | note |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         if r["status"] == "ok":
             lines.append(
                 f"| {r['kind']} | {r['budget']:g} | {r['bytes']:,} | {_fmt(r['auc_mean'], '.4f')} ± "
-                f"{_fmt(r['auc_std'], '.4f')} | {_fmt(r['logloss_mean'], '.4f')} | {_fmt(r['samples_per_s'], ',.0f')} "
+                f"{_fmt(r['auc_std'], '.4f')} | {_fmt(r.get('valid_auc_mean'), '.4f')} | {_fmt(r['logloss_mean'], '.4f')} "
+                f"| {_fmt(r['samples_per_s'], ',.0f')} "
                 f"| {r['note']} |"
             )
         else:
-            lines.append(f"| {r['kind']} | {r['budget']:g} | — | {r['status']} | | | {r['note'][:120]} |")
+            lines.append(f"| {r['kind']} | {r['budget']:g} | — | {r['status']} | | | | {r['note'][:120]} |")
     lines += [
         "",
         "| budget | best kind | AUC | ΔAUC vs full at budget 1 [95% CI] | runner-up | ΔAUC vs runner-up [95% CI] |",
@@ -439,8 +494,10 @@ def _interval(value: list[float] | None) -> str:
 
 def print_tables(result: dict[str, Any]) -> None:
     s = result["settings"]
-    print(f"\ncompression benchmark: {s['model']} on {s['data']} ({s['train_rows']} train / {s['test_rows']} test "
-          f"rows), dim {s['dim']}, full = {s['full_bytes']:,} bytes, {s['seeds']} seed(s), {s['epochs']} epoch(s)\n")
+    print(
+        f"\ncompression benchmark: {s['model']} on {s['data']} ({s['train_rows']} train / {s['test_rows']} test "
+        f"rows), dim {s['dim']}, full = {s['full_bytes']:,} bytes, {s['seeds']} seed(s), {s['epochs']} epoch(s)\n"
+    )
     header = (
         f"{'kind':15s} {'budget':>7s} {'bytes':>11s} {'AUC mean ± std':>17s} {'logloss':>8s} {'samples/s':>10s}  note"
     )
@@ -449,14 +506,15 @@ def print_tables(result: dict[str, Any]) -> None:
     for r in result["rows"]:
         if r["status"] == "ok":
             auc = f"{_fmt(r['auc_mean'], '.4f')} ± {_fmt(r['auc_std'], '.4f')}"
-            print(f"{r['kind']:15s} {r['budget']:7g} {r['bytes']:11,d} {auc:>17s} {_fmt(r['logloss_mean'], '.4f'):>8s} "
-                  f"{_fmt(r['samples_per_s'], '.0f'):>10s}  {r['note']}")
+            print(
+                f"{r['kind']:15s} {r['budget']:7g} {r['bytes']:11,d} {auc:>17s} {_fmt(r['logloss_mean'], '.4f'):>8s} "
+                f"{_fmt(r['samples_per_s'], '.0f'):>10s}  {r['note']}"
+            )
         else:
             print(f"{r['kind']:15s} {r['budget']:7g} {'—':>11s} {r['status']:>17s} {'':8s} {'':10s}  {r['note'][:90]}")
-    print(f"\nbest kind per budget (ΔAUC: mean over seeds, 95% paired bootstrap interval on the test rows)\n")
+    print("\nbest kind per budget (ΔAUC: mean over seeds, 95% paired bootstrap interval on the test rows)\n")
     header = (
-        f"{'budget':>7s} {'best':15s} {'AUC':>7s} {'ΔAUC vs full@1':>31s} {'runner-up':15s} "
-        f"{'ΔAUC vs runner-up':>31s}"
+        f"{'budget':>7s} {'best':15s} {'AUC':>7s} {'ΔAUC vs full@1':>31s} {'runner-up':15s} {'ΔAUC vs runner-up':>31s}"
     )
     print(header)
     print("-" * len(header))
@@ -464,8 +522,10 @@ def print_tables(result: dict[str, Any]) -> None:
         if e["best"] is None:
             print(f"{e['budget']:7g} no feasible kind")
             continue
-        print(f"{e['budget']:7g} {e['best']:15s} {_fmt(e['best_auc'], '.4f'):>7s} {_interval(e.get('vs_full')):>31s} "
-              f"{e.get('runner_up') or '—':15s} {_interval(e.get('vs_runner_up')):>31s}")
+        print(
+            f"{e['budget']:7g} {e['best']:15s} {_fmt(e['best_auc'], '.4f'):>7s} {_interval(e.get('vs_full')):>31s} "
+            f"{e.get('runner_up') or '—':15s} {_interval(e.get('vs_runner_up')):>31s}"
+        )
     if result["skipped_kinds"]:
         print(f"\nskipped kinds: {result['skipped_kinds']}")
     print()
@@ -485,7 +545,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=16, help="embedding width (full's, which sets the budgets)")
     parser.add_argument("--epochs", type=int, help="training epochs (default: --config's, else 3)")
     parser.add_argument("--max-rows", type=int, help="read only the first N data lines (of each file)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each run (default 1)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time, in worker processes (default 1: in this process); same results")  # fmt: skip
+    parser.add_argument("--init-std", type=float,
+                        help="std of the tables' initial rows, for every kind (default: each kind's own)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1000, help="bootstrap rounds of the intervals")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, 1 seed, 200 bootstrap rounds")
     parser.add_argument("--out", help="folder for compression.csv, .png, .md and .json (none written without it)")
@@ -505,9 +569,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seeds, epochs, rounds = 1, epochs or 1, min(rounds, 200)
     if epochs is not None:
         base["train"] = {**base["train"], "epochs": epochs}
-    for name, value in (("seeds", seeds), ("dim", args.dim), ("threads", args.threads), ("rounds", rounds)):
+    checked = (("seeds", seeds), ("dim", args.dim), ("threads", args.threads), ("jobs", args.jobs), ("rounds", rounds))
+    for name, value in checked:
         if value < 1:
             raise ValueError(f"--{name} must be >= 1, got {value}")
+    if args.init_std is not None and not args.init_std > 0:
+        raise ValueError(f"--init-std must be > 0, got {args.init_std}")
+    table_options = {} if args.init_std is None else {"init_std": args.init_std}
     kinds, skipped = select_kinds(args.kinds)
     budgets = parse_budgets(args.budgets)
     torch.set_num_threads(args.threads)
@@ -515,17 +583,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     options = {"max_rows": args.max_rows} if args.max_rows and not base["data"].startswith("synthetic") else {}
     splits = load_dataset(base["data"], tuple(base["split"]), **options)
     started = time.perf_counter()
-    cells = sweep(splits, base, kinds, budgets, seeds, args.dim)
+    cells = sweep(splits, base, kinds, budgets, seeds, args.dim, args.jobs, args.threads, table_options)
     labels = splits.test.labels.numpy()
     reference_bytes = full_bytes(splits.train.schema, args.dim)
     result: dict[str, Any] = {
         "benchmark": "compression",
         "settings": {
-            "data": base["data"], "model": base["model"]["name"], "kinds": kinds, "budgets": budgets, "seeds": seeds,
-            "dim": args.dim, "epochs": base["train"].get("epochs"), "config": base, "threads": args.threads,
-            "bootstrap_rounds": rounds, "full_bytes": reference_bytes, "train_rows": len(splits.train),
-            "test_rows": len(splits.test), "test_positive_rate": float(labels.mean()) if len(labels) else math.nan,
-        },  # fmt: skip
+            "data": base["data"],
+            "model": base["model"]["name"],
+            "kinds": kinds,
+            "budgets": budgets,
+            "seeds": seeds,
+            "dim": args.dim,
+            "epochs": base["train"].get("epochs"),
+            "config": base,
+            "threads": args.threads,
+            "jobs": args.jobs,
+            "table_options": table_options,
+            "bootstrap_rounds": rounds,
+            "full_bytes": reference_bytes,
+            "train_rows": len(splits.train),
+            "valid_rows": len(splits.valid),
+            "test_rows": len(splits.test),
+            "test_positive_rate": float(labels.mean()) if len(labels) else math.nan,
+        },
         "environment": environment(),
         "rows": [c.row(int(c.budget * reference_bytes)) for c in cells],
         "summary": summarize(cells, labels, budgets, rounds),

@@ -4,13 +4,14 @@ failed cells, the same test rows for all), the outputs, and the bootstrap interv
 import argparse
 import csv
 import json
+import operator
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from recemb.bench import compression
+from recemb.bench import compression, parallel_runs
 from recemb.metrics import paired_bootstrap_auc_diff
 from recemb.tables import KINDS
 
@@ -23,14 +24,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+SWEEP = ["--data", TINY, "--kinds", "full,hashed", "--budgets", "1,0.25,0.001", "--seeds", "2", "--epochs", "1",
+         "--rounds", "50"]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """One toy sweep, shared: full and hashed at budgets 1, 0.25 and 0.001, two seeds."""
     out = tmp_path_factory.mktemp("sweep")
     threads = torch.get_num_threads()
     try:
-        result = compression.run(parse(["--data", TINY, "--kinds", "full,hashed", "--budgets", "1,0.25,0.001",
-                                        "--seeds", "2", "--epochs", "1", "--rounds", "50", "--out", str(out)]))
+        result = compression.run(parse([*SWEEP, "--out", str(out)]))
     finally:
         torch.set_num_threads(threads)
     return result, out
@@ -153,3 +157,33 @@ def test_rewrite_redraws_the_files_from_the_json(swept):
     cells = compression.cells_from_result(again)
     assert [c.bytes for c in cells if c.runs] == [r["bytes"] for r in result["rows"] if r["status"] == "ok"]
     assert [c.mean("auc") for c in cells if c.runs] == [r["auc_mean"] for r in result["rows"] if r["status"] == "ok"]
+
+
+@pytest.mark.slow
+def test_jobs_2_gives_the_results_of_jobs_1(swept, tmp_path):
+    """The same sweep in 2 worker processes: the same cells, per-seed metrics and intervals,
+    in the same order (only the throughput differs)."""
+    result, _ = swept
+    threads = torch.get_num_threads()
+    try:
+        parallel = compression.run(parse([*SWEEP, "--jobs", "2", "--out", str(tmp_path)]))
+    finally:
+        torch.set_num_threads(threads)
+
+    def metrics(res):
+        rows = [{k: v for k, v in r.items() if k != "samples_per_s"} for r in res["rows"]]
+        runs = [(r["kind"], r["budget"], r["seed"], r["auc"], r["logloss"], r["valid_auc"]) for r in res["runs"]]
+        return rows, runs, res["summary"]
+
+    assert parallel["settings"]["jobs"] == 2
+    assert metrics(parallel) == metrics(result)
+    assert len(parallel["runs"]) == 8  # full and hashed at 1 and 0.25, two seeds each
+
+
+def test_run_tasks_in_order_in_workers_and_skipped():
+    tasks = [1, 2, 3, 4]
+    assert list(parallel_runs.run_tasks(operator.add, 10, tasks)) == [(0, 11), (1, 12), (2, 13), (3, 14)]
+    assert list(parallel_runs.run_tasks(operator.add, 10, tasks, skip=lambda i: i % 2 == 1)) == [(0, 11), (2, 13)]
+    assert sorted(parallel_runs.run_tasks(operator.add, 10, tasks, jobs=2)) == [(0, 11), (1, 12), (2, 13), (3, 14)]
+    with pytest.raises(ValueError, match="jobs"):
+        list(parallel_runs.run_tasks(operator.add, 10, tasks, jobs=0))
