@@ -9,17 +9,19 @@ interacting layers of --heads heads each dim/heads wide (DeepCTR's InteractingLa
 att_embedding_size = embedding_dim // head_num), residual connections, one output layer,
 binary cross-entropy. Where the two differ, as each library does it:
 - recemb: `build_embedding(table)` on the TBE store (row-wise Adagrad fused into backward),
-  AutoInt(AutoIntConfig(attention_dim=dim // heads)) whose dense features are fields too
-  (26 + 13 = 39 fields); dense weights by Adam. One variant per --tables entry: `full`, and
-  `unified` at a tenth of full's bytes by default.
+  AutoInt(AutoIntConfig(attention_dim=dim // heads)); dense weights by Adam. Per --tables
+  entry (`full`, and `unified` at a tenth of full's bytes by default), up to two variants
+  (--recemb-fields): `<kind>`, DeepCTR's configuration, the dense features in a linear term
+  of the logit and attention over the 26 sparse fields (dense_as_fields=False); and
+  `<kind>+dense_fields`, recemb's default and the paper's, dense features as fields too
+  (26 + 13 = 39 fields, about twice the attention work: it costs F² per sample).
 - deepctr: deepctr_torch.models.AutoInt(att_layer_num, att_head_num, att_res=True,
   dnn_hidden_units=()), its nn.Embedding tables (dense gradients) and every weight by Adam;
   dense features enter its linear part (26 attention fields). l2_reg_embedding=0 (recemb has
   no L2 term; DeepCTR's default 1e-5 adds a pass over every table each step).
-Attention costs F² per sample, so recemb's 39 fields do about twice DeepCTR's attention
-work; `--recemb-fields sparse` leaves the dense features out of recemb's model to time
-attention over the same 26 fields. DeepCTR's dense gradients and Adam cover every table
-row each step, so its step grows with the tables (--cap) and recemb's hardly does.
+`speedup_vs_deepctr` compares every variant with DeepCTR's step; the like-for-like figure
+is the `<kind>` one. DeepCTR's dense gradients and Adam cover every table row each step, so
+its step grows with the tables (--cap) and recemb's hardly does.
 
 What is timed: a training step, i.e. forward, loss, backward and the optimizer step(s) on a
 pre-built batch (recemb: a fresh KJT over pre-built ids, as a data loader hands out);
@@ -36,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import io
 import json
 import math
@@ -60,6 +61,9 @@ from recemb.tables import build_embedding, parse_table
 
 DEFAULT_TABLES = "full:dim=16;unified:dim=16,budget_ratio=0.1"
 PEER = "deepctr"
+# --recemb-fields: whether recemb's variants take the dense features as attention fields
+FIELD_MODES = {"sparse": (False,), "all": (True,), "both": (False, True)}
+DENSE_FIELDS_SUFFIX = "+dense_fields"
 DENSE_LR = 1e-3
 EMB_LR = 0.05
 
@@ -67,18 +71,19 @@ Step = Callable[[int], object]
 
 
 # -- recemb ------------------------------------------------------------------------------------
-def recemb_step(data: CTRData, table: str, args: argparse.Namespace) -> tuple[Step, dict[str, Any]]:
+def recemb_step(
+    data: CTRData, table: str, dense_as_fields: bool, args: argparse.Namespace
+) -> tuple[Step, dict[str, Any]]:
     """A training step of recemb's AutoInt with `table`, and what it holds (bytes, fields)."""
     torch.manual_seed(args.seed)
-    if args.recemb_fields == "sparse":  # the dense features left out: attention over DeepCTR's 26 fields
-        schema = dataclasses.replace(data.schema, dense=())
-        data = CTRData(schema, data.single, data.jagged, data.dense[:, :0], data.labels)
     cfg = parse_table(table)
     if getattr(cfg, "dim", args.dim) != args.dim:
         raise ValueError(f"--tables entry {table!r} has dim {cfg.dim}; the benchmark's --dim is {args.dim}")
     settings = StoreSettings(backend="tbe", optimizer=EmbeddingOptimizer("rowwise_adagrad", lr=EMB_LR), seed=args.seed)
     embedding = build_embedding(data.schema, cfg, settings)
-    model_cfg = AutoIntConfig(layers=args.layers, heads=args.heads, attention_dim=args.dim // args.heads)
+    model_cfg = AutoIntConfig(
+        layers=args.layers, heads=args.heads, attention_dim=args.dim // args.heads, dense_as_fields=dense_as_fields
+    )
     model = AutoInt(embedding, model_cfg)
     optimizer = torch.optim.Adam(model.dense_parameters(), lr=DENSE_LR)
     names, parts = data.schema.names, _parts(data, args.batch)
@@ -95,7 +100,7 @@ def recemb_step(data: CTRData, table: str, args: argparse.Namespace) -> tuple[St
         "table": table,
         "table_bytes": memory.bytes,
         "table_optimizer_bytes": memory.optimizer_bytes,
-        "fields": len(data.schema.sparse) + len(data.schema.dense),
+        "fields": len(data.schema.sparse) + (len(data.schema.dense) if dense_as_fields else 0),
         "dense_params": sum(p.numel() for p in model.dense_parameters()),
     }
     return step, info
@@ -206,10 +211,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-repeats", type=int, default=1, help="epochs of DeepCTR's fit timed (0: skip; default 1)")
     parser.add_argument("--no-deepctr", action="store_true", help="time recemb only")
     parser.add_argument(
-        "--recemb-fields", choices=["all", "sparse"], default="all",
-        help="fields of recemb's attention: all (26 sparse + 13 dense, recemb's AutoInt; default) or sparse "
-        "(the dense features left out: the 26 fields DeepCTR attends over, which sends dense features to a "
-        "linear term)",
+        "--recemb-fields", choices=list(FIELD_MODES), default="both",
+        help="recemb variants per table: sparse (attention over the 26 sparse fields, dense features in a linear "
+        "term: DeepCTR's configuration), all (the 13 dense features as fields too: recemb's default AutoInt), or "
+        "both (default)",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument(
@@ -243,8 +248,10 @@ def _run(args: argparse.Namespace, tables: list[str]) -> dict[str, Any]:
     steps: dict[str, Step] = {}
     infos: dict[str, dict[str, Any]] = {}
     for table in tables:
-        name = _variant_name(table, steps)
-        steps[name], infos[name] = recemb_step(data, table, args)
+        kind = _variant_name(table, steps)
+        for dense_as_fields in FIELD_MODES[args.recemb_fields]:
+            name = kind + DENSE_FIELDS_SUFFIX if dense_as_fields else kind
+            steps[name], infos[name] = recemb_step(data, table, dense_as_fields, args)
     dc = None if args.no_deepctr else import_deepctr()
     peer = None
     if dc is not None:
@@ -312,7 +319,7 @@ def _print_table(result: dict[str, Any]) -> None:
         f"median {s['clock']} time of {s['repeats']} steps in {s['rounds']} rounds"
     )
     header = (
-        f"{'variant':<14} | {'step ms':>9} | {'wall ms':>9} | {'samples/s':>10} | {'table bytes':>13} | "
+        f"{'variant':<22} | {'step ms':>9} | {'wall ms':>9} | {'samples/s':>10} | {'table bytes':>13} | "
         f"{'fields':>6} | vs deepctr step / fit"
     )
     print(header)
@@ -322,7 +329,7 @@ def _print_table(result: dict[str, Any]) -> None:
         bytes_ = f"{r['table_bytes']:,}" if "table_bytes" in r else "-"
         ratio = f"{speed[name]:.2f}x / {fit[name]:.2f}x" if name in speed and name in fit else (
             f"{speed[name]:.2f}x" if name in speed else "")  # fmt: skip
-        print(f"{name:<14} | {r['step_ms']:>9.1f} | {r['step_wall_ms']:>9.1f} | {r['samples_per_s']:>10.0f} | "
+        print(f"{name:<22} | {r['step_ms']:>9.1f} | {r['step_wall_ms']:>9.1f} | {r['samples_per_s']:>10.0f} | "
               f"{bytes_:>13} | {r.get('fields', ''):>6} | {ratio}")  # fmt: skip
     if result["speedup_vs_deepctr"] is None:
         print("deepctr-torch is not installed (make bench-env): no speedups")

@@ -1,8 +1,13 @@
 """AutoInt and AutoInt+ (Song et al., CIKM 2019): multi-head self-attention over feature fields.
 
 Deviation: attention scores are scaled by 1/sqrt(attention_dim) (scaled dot product, as in
-the Transformer the official code builds on), which lets us call torch's fused
-`scaled_dot_product_attention`.
+the Transformer the official code builds on), which lets us use a fused attention kernel
+(recemb.models.field_attention: a C++ kernel on the CPU, torch's
+`scaled_dot_product_attention` elsewhere).
+
+Dense features are fields by default (the paper embeds numerical features as fields too).
+`dense_as_fields=False` sends them to a linear term of the logit instead, as DeepCTR-Torch's
+AutoInt does; attention then covers only the sparse fields (F² work per sample).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recemb.models.base import MLP, CTRModel, DenseFields
+from recemb.models.field_attention import field_self_attention
 from recemb.tables.base import TableEmbedding
 
 
@@ -30,6 +36,7 @@ class AutoIntConfig:
     residual: bool = True
     dnn_hidden: tuple[int, ...] = ()
     dropout: float = 0.0
+    dense_as_fields: bool = True
 
     def __post_init__(self) -> None:
         for field in ("layers", "heads", "attention_dim"):
@@ -60,24 +67,27 @@ class InteractingLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch, fields, _ = x.shape
-        q, k, v = self.qkv(x).view(batch, fields, 3, self.heads, self.attention_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, H, F, d']
-        out = out.transpose(1, 2).reshape(batch, fields, self.heads * self.attention_dim)
+        qkv = self.qkv(x).view(batch, fields, 3, self.heads, self.attention_dim)
+        out = field_self_attention(qkv, self.attention_dim**-0.5)  # [B, F, H, d']
+        out = out.reshape(batch, fields, self.heads * self.attention_dim)
         if self.res is not None:
             out = out + self.res(x)
         return F.relu(out)
 
 
 class AutoInt(CTRModel):
-    """Fields = sparse embeddings [B, F, D] + dense features as fields [B, n_dense, D];
-    stacked interacting layers; a linear layer on the flattened output (plus a DNN for AutoInt+)."""
+    """Fields = sparse embeddings [B, F, D] + dense features as fields [B, n_dense, D] (or,
+    with dense_as_fields=False, a linear term of the dense features); stacked interacting
+    layers; a linear layer on the flattened output (plus a DNN for AutoInt+)."""
 
     def __init__(self, embedding: TableEmbedding, cfg: AutoIntConfig | None = None) -> None:
         super().__init__(embedding)
         self.cfg = cfg = cfg or AutoIntConfig()
         dim = embedding.dim
-        fields = self.n_fields + self.n_dense
-        self.dense_fields = DenseFields(self.n_dense, dim) if self.n_dense else None
+        dense_fields = self.n_dense if cfg.dense_as_fields else 0
+        fields = self.n_fields + dense_fields
+        self.dense_fields = DenseFields(self.n_dense, dim) if dense_fields else None
+        self.dense_linear = nn.Linear(self.n_dense, 1, bias=False) if self.n_dense and not dense_fields else None
         widths = [dim] + [cfg.heads * cfg.attention_dim] * cfg.layers
         self.interacting = nn.Sequential(
             *(InteractingLayer(w, cfg.heads, cfg.attention_dim, cfg.residual) for w in widths[:-1])
@@ -91,6 +101,8 @@ class AutoInt(CTRModel):
         if self.dense_fields is not None:
             x = torch.cat([x, self.dense_fields(dense)], dim=1)  # [B, F + n_dense, D]
         logit = self.attention_out(self.interacting(x).flatten(1))  # [B, 1]
+        if self.dense_linear is not None:
+            logit = logit + self.dense_linear(dense)
         if self.dnn is not None:
             logit = logit + self.dnn(x.flatten(1))
         return logit.squeeze(1)

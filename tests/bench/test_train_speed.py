@@ -22,10 +22,11 @@ def parse(argv):
 
 def test_recemb_alone_has_no_speedups(capsys):
     result = train_speed.run(parse([*TINY, "--no-deepctr"]))
-    assert set(result["variants"]) == {"full", "unified"}
+    assert set(result["variants"]) == {"full", "unified", "full+dense_fields", "unified+dense_fields"}
     assert result["speedup_vs_deepctr"] is None
     full, unified = result["variants"]["full"], result["variants"]["unified"]
-    assert full["step_ms"] > 0 and full["fields"] == 26 + 13
+    assert full["step_ms"] > 0 and full["fields"] == 26  # DeepCTR's configuration
+    assert result["variants"]["full+dense_fields"]["fields"] == 26 + 13  # recemb's default AutoInt
     assert unified["table_bytes"] <= full["table_bytes"] // 10
     assert "not installed" in capsys.readouterr().out
 
@@ -36,7 +37,7 @@ def test_against_deepctr(capsys):
         pytest.skip("deepctr-torch is not installed (make bench-env)")
     assert ("requests" in sys.modules) == had_requests  # the offline stand-in is not left behind
     threads = torch.get_num_threads()
-    train_speed.main([*TINY, "--tables", "full:dim=16"])
+    train_speed.main([*TINY, "--tables", "full:dim=16", "--recemb-fields", "sparse"])
     assert torch.get_num_threads() == threads
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["variants"]) == {"full", "deepctr", "deepctr_fit"}
@@ -52,6 +53,8 @@ def test_bad_options_are_refused():
         train_speed.run(parse([*TINY, "--tables", "full:dim=8"]))
 
 
-def test_sparse_fields_match_deepctrs_attention_fields():
-    result = train_speed.run(parse([*TINY, "--no-deepctr", "--tables", "full:dim=16", "--recemb-fields", "sparse"]))
-    assert result["variants"]["full"]["fields"] == 26 and result["settings"]["recemb_fields"] == "sparse"
+@pytest.mark.parametrize("mode, variant, fields", [("sparse", "full", 26), ("all", "full+dense_fields", 39)])
+def test_recemb_fields_picks_the_variants(mode, variant, fields):
+    result = train_speed.run(parse([*TINY, "--no-deepctr", "--tables", "full:dim=16", "--recemb-fields", mode]))
+    assert set(result["variants"]) == {variant} and result["settings"]["recemb_fields"] == mode
+    assert result["variants"][variant]["fields"] == fields

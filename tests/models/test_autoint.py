@@ -89,3 +89,22 @@ def test_autoint_sees_sequence_features_as_fields(data):
     assert isinstance(model, AutoInt)
     batch = data.batch(torch.arange(16))
     assert model.fields(batch.sparse).shape == (16, len(data.schema.sparse), 8)
+
+
+def test_dense_features_can_go_to_a_linear_term_instead_of_fields(data):
+    """dense_as_fields=False (DeepCTR's way): attention over the sparse fields only, the dense
+    features in a linear term of the logit, which still moves with them."""
+    as_fields = make_model(data, "autoint", layers=1)
+    linear = make_model(data, "autoint", layers=1, dense_as_fields=False)
+    n_sparse, n_dense = len(data.schema.sparse), len(data.schema.dense)
+    width = linear.cfg.heads * linear.cfg.attention_dim
+    assert as_fields.attention_out.in_features == (n_sparse + n_dense) * width
+    assert linear.attention_out.in_features == n_sparse * width
+    assert linear.dense_fields is None and linear.dense_linear.in_features == n_dense
+    batch = data.batch(torch.arange(16))
+    before = linear(batch.sparse, batch.dense)
+    after = linear(batch.sparse, batch.dense + 1.0)
+    assert not torch.allclose(before, after)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(after, batch.labels)
+    loss.backward()
+    assert linear.dense_linear.weight.grad is not None

@@ -1,0 +1,143 @@
+"""Field self-attention: the native CPU kernel against a float64 reference (values and
+gradients of q, k and v), and the torch fallback where the kernel does not apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from recemb import native
+from recemb.models import field_attention
+from recemb.models.field_attention import field_self_attention, sdpa_field_attention
+
+KERNEL = native.load("attention")
+needs_kernel = pytest.mark.skipif(KERNEL is None, reason="native attention kernel not built on this machine")
+
+
+def reference(qkv: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v by explicit einsums in float64: [B, F, 3, H, d] -> [B, F, H, d]."""
+    q, k, v = qkv.double().unbind(2)  # each [B, F, H, d]
+    probs = (torch.einsum("bfhd,bghd->bhfg", q, k) * scale).softmax(-1)
+    return torch.einsum("bhfg,bghd->bfhd", probs, v)
+
+
+def values_and_grads(fn, qkv: torch.Tensor, weights: torch.Tensor, scale: float):
+    x = qkv.detach().clone().requires_grad_()
+    out = fn(x, scale)
+    (out * weights.to(out.dtype)).sum().backward()
+    return out.detach().double(), x.grad.double()
+
+
+# (batch, fields, heads, head width): fields across every padded size the kernel compiles
+# (16, 32, 48, 64) and their edges, every head width
+SHAPES = [
+    (3, 1, 1, 8),
+    (4, 5, 2, 4),
+    (2, 16, 3, 16),
+    (5, 17, 2, 8),
+    (3, 26, 2, 8),
+    (4, 39, 2, 8),
+    (2, 48, 1, 32),
+    (2, 64, 2, 16),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch, fields, heads, width", SHAPES)
+def test_kernel_matches_the_reference_values_and_gradients(batch, fields, heads, width):
+    gen = torch.Generator().manual_seed(fields * 31 + width)
+    qkv = torch.randn(batch, fields, 3, heads, width, generator=gen) * 1.5  # peaked softmax rows too
+    weights = torch.randn(batch, fields, heads, width, generator=gen)
+    scale = width**-0.5
+    out, grad = values_and_grads(field_self_attention, qkv, weights, scale)
+    want_out, want_grad = values_and_grads(reference, qkv.double(), weights, scale)
+    assert_close(out, want_out, atol=2e-5, rtol=1e-5)
+    assert_close(grad, want_grad, atol=5e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_kernel_is_the_path_taken_and_agrees_with_sdpa(monkeypatch):
+    calls = []
+    apply = field_attention._NativeFieldAttention.apply
+    monkeypatch.setattr(field_attention._NativeFieldAttention, "apply", lambda *a: calls.append(1) or apply(*a))
+    qkv = torch.randn(8, 39, 3, 2, 8)
+    got = field_self_attention(qkv, 0.35)
+    assert len(calls) == 1
+    assert_close(got, sdpa_field_attention(qkv, 0.35), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_kernel_gives_the_same_bits_on_any_number_of_threads():
+    qkv = torch.randn(64, 30, 3, 2, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            qkv.grad = None
+            out = field_self_attention(qkv, 0.3)
+            out.sum().backward()
+            results.append((out.detach(), qkv.grad.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@needs_kernel
+def test_kernel_takes_a_strided_input_and_extreme_scores():
+    """A non-contiguous view (copied once); and scores hundreds apart, where each softmax row
+    is one 1 (exp underflows for the rest): the output is the value of the best key."""
+    base = torch.randn(4, 12, 3, 2, 8 * 2)
+    qkv = base[..., ::2]  # [4, 12, 3, 2, 8], not contiguous
+    assert not qkv.is_contiguous()
+    assert_close(field_self_attention(qkv, 1.0).double(), reference(qkv, 1.0), atol=2e-5, rtol=1e-5)
+
+    fields = 10
+    qkv = torch.zeros(2, fields, 3, 1, 4)
+    qkv[:, :, 1, 0, 0] = torch.arange(fields) * 10.0  # key g: (10 g, 0, 0, 0)
+    qkv[0, :, 0, 0, 0] = 50.0  # sample 0 asks for the largest key, sample 1 for the smallest
+    qkv[1, :, 0, 0, 0] = -50.0
+    qkv[:, :, 2] = torch.randn(2, fields, 1, 4)
+    out = field_self_attention(qkv, 1.0)  # [2, F, 1, 4]
+    assert torch.isfinite(out).all()
+    assert_close(out[0], qkv[0, -1, 2].expand(fields, 1, 4))
+    assert_close(out[1], qkv[1, 0, 2].expand(fields, 1, 4))
+
+
+@pytest.mark.parametrize(
+    "qkv",
+    [
+        torch.randn(3, 7, 3, 2, 6),  # a head width the kernel does not compile
+        torch.randn(2, 70, 3, 1, 8),  # more fields than it takes
+        torch.randn(3, 7, 3, 2, 8, dtype=torch.float64),  # not float32
+        torch.randn(0, 7, 3, 2, 8),  # no samples
+    ],
+    ids=["width6", "fields70", "float64", "empty"],
+)
+def test_other_inputs_take_the_torch_path_with_the_same_values(qkv):
+    assert field_attention._kernel_for(qkv) is None
+    weights = torch.randn(*qkv.shape[:2], *qkv.shape[3:])
+    out, grad = values_and_grads(field_self_attention, qkv, weights, 0.5)
+    want_out, want_grad = values_and_grads(reference, qkv.double(), weights, 0.5)
+    assert_close(out, want_out, atol=2e-5, rtol=1e-5)
+    assert_close(grad, want_grad, atol=5e-5, rtol=1e-5)
+
+
+def test_a_wrong_shape_is_refused():
+    with pytest.raises(ValueError, match=r"qkv must be \[B, F, 3, H, d\], got shape \(2, 5, 4, 1, 8\)"):
+        field_self_attention(torch.randn(2, 5, 4, 1, 8), 1.0)
+
+
+def test_recemb_native_0_turns_the_kernels_off(monkeypatch):
+    monkeypatch.setenv("RECEMB_NATIVE", "0")
+    native.load.cache_clear()
+    try:
+        assert not native.enabled()
+        assert native.load("attention") is None
+        assert field_attention._kernel_for(torch.randn(2, 5, 3, 1, 8)) is None
+    finally:
+        monkeypatch.delenv("RECEMB_NATIVE")
+        native.load.cache_clear()
+    with pytest.raises(ValueError, match="no native kernel named 'nope'"):
+        native.load("nope")
