@@ -11,11 +11,12 @@
 // Scores are scaled by `scale` (1/sqrt(d) for scaled dot-product attention).
 //
 // Sizes are compile-time constants: the head width D (4, 8, 16 or 32) and the number of
-// fields rounded up to FP, a multiple of 16 up to 64; query rows go kRows at a time. Every
-// loop then has a fixed trip count, the compiler unrolls and vectorizes it, and a block of
-// score rows stays in registers. Padded fields get probability 0; padded query rows repeat
-// the last row and are discarded (forward) or carry a zero output gradient (backward).
-// exp is a polynomial accurate to a few float ulps.
+// fields rounded up to FP, a multiple of 16 up to 64. A score row is FP/16 vectors of 16
+// floats (GCC/Clang vector extensions: the compiler maps them to the machine's registers,
+// AVX-512, AVX2 or SSE), and query rows go kRows at a time so that independent accumulators
+// hide the latency of the multiply-adds. Padded fields get probability 0 and zero keys and
+// values; padded query rows read a zero query and carry a zero output gradient, and are
+// discarded. exp is a polynomial accurate to a few float ulps.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -27,122 +28,147 @@
 
 namespace {
 
-constexpr int kLanes = 16;  // fields per block: FP is a multiple of it
+constexpr int kLanes = 16;  // floats per score vector: FP is a multiple of it
 constexpr int kRows = 4;    // query rows per block
 
-// exp(x) in place for x <= 0: 2^n * p(r) with x = n ln2 + r, |r| <= ln2/2, p a degree-6 Taylor
-// polynomial (relative error < 2e-7). Branch-free and call-free, so that it vectorizes.
-template <int N>
-inline void exp_nonpositive(float* __restrict__ x) {
-  for (int g = 0; g < N; ++g) {
-    const float y = std::clamp(x[g], -87.0f, 0.0f);  // exp(-87) ~ 1.6e-38: still a normal float
-    const float k = std::floor(y * 1.44269504088896341f + 0.5f);
-    const float r = y - k * 0.693145751953125f - k * 1.428606765330187e-06f;  // ln2 in two parts
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;  // 2^k as a float's bits
-    float two_k;
-    std::memcpy(&two_k, &bits, sizeof(two_k));
-    x[g] = p * two_k;
-  }
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t IVec __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+inline Vec splat(float x) { return Vec{} + x; }
+
+inline float lane_max(Vec x) {
+  float m = x[0];
+  for (int l = 1; l < kLanes; ++l) m = std::max(m, x[l]);
+  return m;
 }
 
-// Where a query row block reads its inputs and writes its outputs.
-struct Rows {
-  const float* q[kRows];  // query rows (the last real row repeated past F)
-  int count;              // real rows in the block
-};
+inline float lane_sum(Vec x) {
+  float t = 0.0f;
+  for (int l = 0; l < kLanes; ++l) t += x[l];
+  return t;
+}
 
+// exp(x) for x <= 0: 2^n * p(r) with x = n ln2 + r, |r| <= ln2/2, p a degree-6 Taylor
+// polynomial (relative error < 2e-7). Below -87 (exp ~ 1.6e-38, still a normal float) it
+// returns exp(-87); callers multiply padding by 0.
+inline Vec exp_nonpositive(Vec x) {
+  const Vec y = x < -87.0f ? splat(-87.0f) : x;
+  // round to nearest: truncation of t - 0.5 for t <= 0
+  const IVec n = __builtin_convertvector(y * 1.44269504088896341f - 0.5f, IVec);
+  const Vec k = __builtin_convertvector(n, Vec);
+  const Vec r = y - k * 0.693145751953125f - k * 1.428606765330187e-06f;  // ln2 in two parts
+  Vec p = splat(1.0f / 720.0f);
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const IVec bits = (n + 127) << 23;  // 2^n as floats' bits
+  Vec two_n;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  return p * two_n;
+}
+
+// One (sample, head): its keys and values gathered into padded fixed-size tiles.
 template <int D, int FP>
 struct Problem {
-  // One (sample, head): fields at base + f * row (q), + H * D (k), + 2 * H * D (v).
-  const float* __restrict__ base;
+  static constexpr int NV = FP / kLanes;  // vectors per score row
+  const float* __restrict__ base;         // field f's q at base + f * row, k at + H * D, v at + 2 * H * D
   int64_t F, H, row;
-  float scale;
-  alignas(64) float kt[D][FP];  // K transposed, scaled; padded fields 0
-  alignas(64) float mask[FP];   // 1 for real fields, 0 for padding
-  alignas(64) float pad[FP];    // 0 for real fields, -inf-like for padding (leaves the maximum alone)
+  alignas(64) Vec kt[D][NV];              // keys transposed and scaled; padded fields 0
+  alignas(64) float v[FP][D];             // values; padded fields 0
+  alignas(64) float zero[D];              // the query of padded rows
 
-  Problem(const float* b, int64_t fields, int64_t heads, float sc)
-      : base(b), F(fields), H(heads), row(3 * heads * D), scale(sc) {
-    for (int e = 0; e < D; ++e) std::fill(kt[e], kt[e] + FP, 0.0f);
-    for (int64_t g = 0; g < F; ++g)
-      for (int e = 0; e < D; ++e) kt[e][g] = key(g)[e] * scale;
-    for (int g = 0; g < FP; ++g) {
-      mask[g] = g < F ? 1.0f : 0.0f;
-      pad[g] = g < F ? 0.0f : -1e30f;
+  Problem(const float* b, int64_t fields, int64_t heads, float scale)
+      : base(b), F(fields), H(heads), row(3 * heads * D) {
+    float* kt_flat = reinterpret_cast<float*>(kt);
+    std::fill(kt_flat, kt_flat + D * FP, 0.0f);
+    std::fill(&v[0][0], &v[0][0] + FP * D, 0.0f);
+    std::fill(zero, zero + D, 0.0f);
+    for (int64_t g = 0; g < F; ++g) {
+      const float* k = key(g);
+      const float* val = value(g);
+      for (int e = 0; e < D; ++e) {
+        kt_flat[e * FP + g] = k[e] * scale;
+        v[g][e] = val[e];
+      }
     }
   }
 
-  const float* query(int64_t f) const { return base + f * row; }
+  const float* query(int64_t f) const { return f < F ? base + f * row : zero; }
   const float* key(int64_t g) const { return base + g * row + H * D; }
   const float* value(int64_t g) const { return base + g * row + 2 * H * D; }
 
-  Rows rows(int64_t f0) const {
-    Rows r;
-    r.count = static_cast<int>(std::min<int64_t>(kRows, F - f0));
-    for (int i = 0; i < kRows; ++i) r.q[i] = query(std::min<int64_t>(f0 + i, F - 1));
-    return r;
-  }
-
-  // s[i][g] = <q_i, k_g> * scale for the block's rows.
-  void scores(const Rows& r, float (&s)[kRows][FP]) const {
-    for (int i = 0; i < kRows; ++i) std::fill(s[i], s[i] + FP, 0.0f);
+  // s[i] = <q_i, k_g> * scale + pad_g for rows f0 .. f0 + kRows - 1.
+  void scores(int64_t f0, const Vec (&pad)[NV], Vec (&s)[kRows][NV]) const {
+    const float* q[kRows];
+    for (int i = 0; i < kRows; ++i) q[i] = query(f0 + i);
+    for (int i = 0; i < kRows; ++i)
+      for (int n = 0; n < NV; ++n) s[i][n] = pad[n];
     for (int e = 0; e < D; ++e)
       for (int i = 0; i < kRows; ++i) {
-        const float qe = r.q[i][e];
-        for (int g = 0; g < FP; ++g) s[i][g] += qe * kt[e][g];
+        const float qe = q[i][e];
+        for (int n = 0; n < NV; ++n) s[i][n] += qe * kt[e][n];
       }
   }
 
-  // s -> softmax probabilities in place, given each row's log-sum-exp.
-  void probabilities(float (&s)[kRows][FP], const float (&lse)[kRows]) const {
-    for (int i = 0; i < kRows; ++i) {
-      for (int g = 0; g < FP; ++g) s[i][g] -= lse[i];
-      exp_nonpositive<FP>(s[i]);
-      for (int g = 0; g < FP; ++g) s[i][g] *= mask[g];
-    }
+  // acc[i] = sum_g p[i][g] * v[g] (a probability-weighted sum of value rows).
+  void weighted_values(const float (&p)[kRows][FP], float (&acc)[kRows][D]) const {
+    for (int i = 0; i < kRows; ++i) std::fill(acc[i], acc[i] + D, 0.0f);
+    for (int g = 0; g < FP; ++g)
+      for (int i = 0; i < kRows; ++i) {
+        const float pg = p[i][g];
+        for (int e = 0; e < D; ++e) acc[i][e] += pg * v[g][e];
+      }
   }
+};
 
-  // s -> softmax probabilities in place; each row's log-sum-exp into lse.
-  void softmax(float (&s)[kRows][FP], float (&lse)[kRows]) const {
-    for (int i = 0; i < kRows; ++i) {
-      float top[kLanes];
-      std::copy(s[i], s[i] + kLanes, top);  // field 0 is always real
-      for (int g = 0; g < FP; ++g) top[g % kLanes] = std::max(top[g % kLanes], s[i][g] + pad[g]);
-      const float m = *std::max_element(top, top + kLanes);
-      for (int g = 0; g < FP; ++g) s[i][g] -= m;
-      exp_nonpositive<FP>(s[i]);
-      float total = 0.0f;
-      for (int g = 0; g < FP; ++g) total += s[i][g] * mask[g];
-      const float inv = 1.0f / total;
-      for (int g = 0; g < FP; ++g) s[i][g] *= mask[g] * inv;
-      lse[i] = m + std::log(total);
-    }
+// Per call: 0 for real fields, -1e30 for padding (added to scores, it leaves the maximum alone),
+// and the mask 1 / 0 that zeroes padding's probabilities.
+template <int FP>
+struct Padding {
+  static constexpr int NV = FP / kLanes;
+  alignas(64) Vec pad[NV];
+  alignas(64) Vec mask[NV];
+  explicit Padding(int64_t F) {
+    for (int n = 0; n < NV; ++n)
+      for (int l = 0; l < kLanes; ++l) {
+        const bool real = n * kLanes + l < F;
+        pad[n][l] = real ? 0.0f : -1e30f;
+        mask[n][l] = real ? 1.0f : 0.0f;
+      }
   }
 };
 
 template <int D, int FP>
-void forward_problem(Problem<D, FP>& pb, float* __restrict__ out, float* __restrict__ lse) {
+void forward_problem(const Problem<D, FP>& pb, const Padding<FP>& padding, float* __restrict__ out,
+                     float* __restrict__ lse) {
+  constexpr int NV = FP / kLanes;
   const int64_t out_row = pb.H * D;  // stride between fields in out
   for (int64_t f0 = 0; f0 < pb.F; f0 += kRows) {
-    const Rows r = pb.rows(f0);
-    alignas(64) float s[kRows][FP];
+    alignas(64) Vec s[kRows][NV];
+    alignas(64) float p[kRows][FP];
     float row_lse[kRows];
-    pb.scores(r, s);
-    pb.softmax(s, row_lse);
-    float acc[kRows][D] = {};  // out rows: sum_g P[i, g] V[g]
-    for (int64_t g = 0; g < pb.F; ++g) {
-      const float* __restrict__ v = pb.value(g);
-      for (int i = 0; i < kRows; ++i)
-        for (int e = 0; e < D; ++e) acc[i][e] += s[i][g] * v[e];
+    pb.scores(f0, padding.pad, s);
+    for (int i = 0; i < kRows; ++i) {
+      Vec top = s[i][0];
+      for (int n = 1; n < NV; ++n) top = top > s[i][n] ? top : s[i][n];
+      const float m = lane_max(top);
+      Vec total = Vec{};
+      for (int n = 0; n < NV; ++n) {
+        s[i][n] = exp_nonpositive(s[i][n] - m) * padding.mask[n];
+        total += s[i][n];
+      }
+      const float sum = lane_sum(total);
+      const Vec inv = splat(1.0f / sum);
+      for (int n = 0; n < NV; ++n) std::memcpy(&p[i][n * kLanes], &(s[i][n] = s[i][n] * inv), sizeof(Vec));
+      row_lse[i] = m + std::log(sum);
     }
-    for (int i = 0; i < r.count; ++i) {
+    float acc[kRows][D];
+    pb.weighted_values(p, acc);
+    const int count = static_cast<int>(std::min<int64_t>(kRows, pb.F - f0));
+    for (int i = 0; i < count; ++i) {
       std::copy(acc[i], acc[i] + D, out + (f0 + i) * out_row);
       lse[f0 + i] = row_lse[i];
     }
@@ -150,56 +176,67 @@ void forward_problem(Problem<D, FP>& pb, float* __restrict__ out, float* __restr
 }
 
 template <int D, int FP>
-void backward_problem(Problem<D, FP>& pb, const float* __restrict__ dout, const float* __restrict__ lse,
-                      float* __restrict__ grad) {
+void backward_problem(const Problem<D, FP>& pb, const Padding<FP>& padding, const float* __restrict__ dout,
+                      const float* __restrict__ lse, float scale, float* __restrict__ grad) {
+  constexpr int NV = FP / kLanes;
   const int64_t out_row = pb.H * D;
-  alignas(64) float vt[D][FP] = {};   // V transposed
-  alignas(64) float dkt[D][FP] = {};  // dK, dV transposed: sums over query rows
-  alignas(64) float dvt[D][FP] = {};
-  for (int64_t g = 0; g < pb.F; ++g)
-    for (int e = 0; e < D; ++e) vt[e][g] = pb.value(g)[e];
+  alignas(64) Vec vt[D][NV];   // values transposed
+  alignas(64) Vec dkt[D][NV];  // dK, dV transposed: sums over query rows
+  alignas(64) Vec dvt[D][NV];
+  alignas(64) float k[FP][D];  // keys unscaled, for dQ; padded fields 0
+  for (int e = 0; e < D; ++e)
+    for (int n = 0; n < NV; ++n) dkt[e][n] = dvt[e][n] = Vec{};
+  for (int g = 0; g < FP; ++g)
+    for (int e = 0; e < D; ++e) {
+      vt[e][g / kLanes][g % kLanes] = pb.v[g][e];
+      k[g][e] = g < pb.F ? pb.key(g)[e] : 0.0f;
+    }
   for (int64_t f0 = 0; f0 < pb.F; f0 += kRows) {
-    const Rows r = pb.rows(f0);
-    alignas(64) float p[kRows][FP], ds[kRows][FP];
-    float row_lse[kRows], dO[kRows][D];
+    const int count = static_cast<int>(std::min<int64_t>(kRows, pb.F - f0));
+    alignas(64) Vec s[kRows][NV];
+    alignas(64) float ds[kRows][FP];
+    float dO[kRows][D], q[kRows][D];
     for (int i = 0; i < kRows; ++i) {
-      const bool real = i < r.count;
-      row_lse[i] = lse[real ? f0 + i : f0];
-      for (int e = 0; e < D; ++e) dO[i][e] = real ? dout[(f0 + i) * out_row + e] : 0.0f;
+      const bool real = i < count;
+      for (int e = 0; e < D; ++e) {
+        dO[i][e] = real ? dout[(f0 + i) * out_row + e] : 0.0f;
+        q[i][e] = pb.query(f0 + i)[e];
+      }
     }
-    pb.scores(r, p);
-    pb.probabilities(p, row_lse);
-    // dP[i, g] = <dO_i, V_g>; dS = P * (dP - <P_i, dP_i>) * scale
+    pb.scores(f0, padding.pad, s);
     for (int i = 0; i < kRows; ++i) {
-      std::fill(ds[i], ds[i] + FP, 0.0f);
+      const float row_lse = lse[i < count ? f0 + i : f0];
+      // P = exp(S - lse); dP[g] = <dO_i, V_g>; dS = P * (dP - <P_i, dP_i>) * scale
+      Vec dp[NV], dot = Vec{};
+      for (int n = 0; n < NV; ++n) {
+        s[i][n] = exp_nonpositive(s[i][n] - row_lse) * padding.mask[n];
+        dp[n] = Vec{};
+      }
       for (int e = 0; e < D; ++e)
-        for (int g = 0; g < FP; ++g) ds[i][g] += dO[i][e] * vt[e][g];
-      float dot = 0.0f;
-      for (int g = 0; g < FP; ++g) dot += p[i][g] * ds[i][g];
-      for (int g = 0; g < FP; ++g) ds[i][g] = p[i][g] * (ds[i][g] - dot) * pb.scale;
-    }
-    // dV_g += sum_i P[i, g] dO_i; dK_g += sum_i dS[i, g] q_i (transposed: vectors over g)
-    for (int e = 0; e < D; ++e)
-      for (int i = 0; i < kRows; ++i) {
-        const float de = dO[i][e], qe = r.q[i][e];
-        for (int g = 0; g < FP; ++g) {
-          dvt[e][g] += p[i][g] * de;
-          dkt[e][g] += ds[i][g] * qe;
+        for (int n = 0; n < NV; ++n) dp[n] += dO[i][e] * vt[e][n];
+      for (int n = 0; n < NV; ++n) dot += s[i][n] * dp[n];
+      const float delta = lane_sum(dot);
+      for (int n = 0; n < NV; ++n) {
+        const Vec dsn = s[i][n] * (dp[n] - delta) * scale;
+        std::memcpy(&ds[i][n * kLanes], &dsn, sizeof(Vec));
+        // dV_g += P[i, g] dO_i; dK_g += dS[i, g] q_i (transposed: vectors over g)
+        for (int e = 0; e < D; ++e) {
+          dvt[e][n] += s[i][n] * dO[i][e];
+          dkt[e][n] += dsn * q[i][e];
         }
       }
+    }
     // dQ_i = sum_g dS[i, g] K_g
     float dq[kRows][D] = {};
-    for (int64_t g = 0; g < pb.F; ++g) {
-      const float* __restrict__ k = pb.key(g);
+    for (int g = 0; g < FP; ++g)
       for (int i = 0; i < kRows; ++i)
-        for (int e = 0; e < D; ++e) dq[i][e] += ds[i][g] * k[e];
-    }
-    for (int i = 0; i < r.count; ++i) std::copy(dq[i], dq[i] + D, grad + (f0 + i) * pb.row);
+        for (int e = 0; e < D; ++e) dq[i][e] += ds[i][g] * k[g][e];
+    for (int i = 0; i < count; ++i) std::copy(dq[i], dq[i] + D, grad + (f0 + i) * pb.row);
   }
   for (int64_t g = 0; g < pb.F; ++g)
     for (int e = 0; e < D; ++e) {
-      grad[g * pb.row + pb.H * D + e] = dkt[e][g];
-      grad[g * pb.row + 2 * pb.H * D + e] = dvt[e][g];
+      grad[g * pb.row + pb.H * D + e] = dkt[e][g / kLanes][g % kLanes];
+      grad[g * pb.row + 2 * pb.H * D + e] = dvt[e][g / kLanes][g % kLanes];
     }
 }
 
@@ -221,11 +258,12 @@ Shape shape_of(const at::Tensor& qkv) {
 template <int D, int FP>
 void forward_all(const Shape& s, const float* in, float* out, float* lse, float scale) {
   const int64_t F = s.fields, H = s.heads;
+  const Padding<FP> padding(F);
   at::parallel_for(0, s.batch * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / H, h = task % H;
-      Problem<D, FP> pb(in + b * F * 3 * H * D + h * D, F, H, scale);
-      forward_problem(pb, out + b * F * H * D + h * D, lse + task * F);
+      const Problem<D, FP> pb(in + b * F * 3 * H * D + h * D, F, H, scale);
+      forward_problem(pb, padding, out + b * F * H * D + h * D, lse + task * F);
     }
   });
 }
@@ -233,11 +271,13 @@ void forward_all(const Shape& s, const float* in, float* out, float* lse, float 
 template <int D, int FP>
 void backward_all(const Shape& s, const float* in, const float* lse, const float* dout, float* grad, float scale) {
   const int64_t F = s.fields, H = s.heads;
+  const Padding<FP> padding(F);
   at::parallel_for(0, s.batch * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / H, h = task % H;
-      Problem<D, FP> pb(in + b * F * 3 * H * D + h * D, F, H, scale);
-      backward_problem(pb, dout + b * F * H * D + h * D, lse + task * F, grad + b * F * 3 * H * D + h * D);
+      const Problem<D, FP> pb(in + b * F * 3 * H * D + h * D, F, H, scale);
+      backward_problem(pb, padding, dout + b * F * H * D + h * D, lse + task * F, scale,
+                       grad + b * F * 3 * H * D + h * D);
     }
   });
 }
