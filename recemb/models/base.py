@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recemb.models.dropout import BatchDropout
 from recemb.tables.base import TableEmbedding
 
 
@@ -63,14 +64,15 @@ class CTRModel(nn.Module, ABC):
 
 
 class MLP(nn.Sequential):
-    """Linear -> ReLU -> Dropout blocks; `out_dim` adds a final plain Linear."""
+    """Linear -> ReLU -> Dropout blocks; `out_dim` adds a final plain Linear. The dropout
+    draws its mask for the global batch (BatchDropout), so sharded runs drop as one does."""
 
     def __init__(self, in_dim: int, hidden: Sequence[int], dropout: float = 0.0, out_dim: int | None = None) -> None:
         layers: list[nn.Module] = []
         for width in hidden:
             layers += [nn.Linear(in_dim, width), nn.ReLU()]
             if dropout:
-                layers.append(nn.Dropout(dropout))
+                layers.append(BatchDropout(dropout))
             in_dim = width
         if out_dim is not None:
             layers.append(nn.Linear(in_dim, out_dim))

@@ -38,7 +38,7 @@ from recemb.distributed.share import batch_share
 from recemb.distributed.spawn import run_ranks
 from recemb.distributed.state import transform_buffers
 from recemb.distributed.trainer import DistributedTrainer
-from recemb.models import AutoInt, AutoIntConfig
+from recemb.models import AutoInt, AutoIntConfig, AutoIntPlusConfig
 from recemb.pruning.procedures import ThresholdCallback
 from recemb.storage import EmbeddingOptimizer, StoreSettings
 from recemb.tables import KINDS, Full, OptEmbed, build_embedding
@@ -65,7 +65,7 @@ EQUIVALENCE = [(k, p, "adagrad") for k in KIND_NAMES for p in PLANS] + [
 
 
 # -- models ------------------------------------------------------------------------------------
-def build(kind: str, backend: str, opt: str, table=None):
+def build(kind: str, backend: str, opt: str, table=None, model: AutoIntConfig = MODEL):
     """The kind on `backend` (torchrec: deferred, to shard) with dense weights from seed 0."""
     # eps well above the gradients' rounding noise: Adagrad divides a gradient by its own size, so
     # a sum that cancels to ~1e-9 would give updates of any size with the default eps
@@ -74,7 +74,7 @@ def build(kind: str, backend: str, opt: str, table=None):
     torch.manual_seed(0)
     embedding = table(settings) if table else build_embedding(DATA.schema, KINDS[kind](), settings)
     torch.manual_seed(0)
-    return AutoInt(embedding, MODEL)
+    return AutoInt(embedding, model)
 
 
 def dense_state(model) -> dict[str, torch.Tensor]:
@@ -83,7 +83,7 @@ def dense_state(model) -> dict[str, torch.Tensor]:
 
 def sharded_twin(ref, kind: str, opt: str, plan: str, pg=None, table=None):
     """A sharded copy of `ref` (same tables by seed, same dense weights)."""
-    model = build(kind, "torchrec", opt, table)
+    model = build(kind, "torchrec", opt, table, ref.cfg)
     model.load_state_dict(dense_state(ref), strict=False)
     return shard_model(model, plan, BATCH // dist.get_world_size(pg), pg)
 
@@ -114,12 +114,16 @@ def reference_step(ref, optimizer, step: int, rank: int, world: int, data=DATA) 
 
 def train_and_compare(ref, trainer: DistributedTrainer, steps: int, rank: int, world: int, data=DATA) -> None:
     """`steps` steps of both; the losses (so the forwards) and then the weights must agree.
+    Both sides of a step, on every rank, start from the same torch seed (as the ranks of a
+    sharded run and one process do when seeded alike), so models that draw (dropout) draw alike.
     Every rank reaches every collective and asserts on values all ranks share, so a
     difference fails the check on every rank alike and the next check starts in step."""
     ref_opt = torch.optim.Adam(ref.dense_parameters(), lr=TRAIN.lr)
     worst = torch.zeros(())
     for step in range(steps):
+        torch.manual_seed(1000 + step)
         expected = reference_step(ref, ref_opt, step, rank, world, data)
+        torch.manual_seed(1000 + step)
         got = trainer.train_step(data.batch(local_rows(step, rank, world)))
         worst = torch.maximum(worst, torch.tensor(abs(got - expected)))
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
@@ -357,6 +361,15 @@ def check_per_sample_draws(rank: int, world: int) -> None:
     train_and_compare(ref, DistributedTrainer(dmp, TRAIN), 3, rank, world, SINGLE)
 
 
+def check_dropout_masks(rank: int, world: int) -> None:
+    """AutoInt+ with dropout 0.5 in its DNN: each rank keeps its rows of the global batch's
+    mask (BatchDropout), so the sharded run trains as one process does."""
+    model = AutoIntPlusConfig(layers=1, heads=2, attention_dim=16, dnn_hidden=(32,), dropout=0.5)
+    ref = build("full", "tbe", "adagrad", model=model)
+    dmp = sharded_twin(ref, "full", "adagrad", "table_wise")
+    train_and_compare(ref, DistributedTrainer(dmp, TRAIN), 3, rank, world)
+
+
 def check_stage_callbacks(rank: int, world: int) -> None:
     """OptEmbed's supernet stage sharded column-wise: the ThresholdCallback (penalty on every
     rank's loss, its own Adam, kept out of the dense Adam) trains thresholds, tables and dense
@@ -417,6 +430,7 @@ def checks(root: str) -> list[tuple[str, object, tuple]]:
     out.append(("transform_state", check_transform_state, ()))
     out.append(("undeclared_state", check_undeclared_state_is_caught, ()))
     out.append(("per_sample_draws", check_per_sample_draws, ()))
+    out.append(("dropout_masks", check_dropout_masks, ()))
     out.append(("stage_callbacks", check_stage_callbacks, ()))
     out.append(("row_norms", check_row_norms, ()))
     return out
@@ -489,6 +503,10 @@ def test_undeclared_state_that_drifts_stops_training(reports):
 
 def test_per_sample_draws_for_the_global_batch_shard_exactly(reports):
     _assert_ok(reports, "per_sample_draws")
+
+
+def test_dropout_draws_the_global_batchs_mask(reports):
+    _assert_ok(reports, "dropout_masks")
 
 
 def test_stage_callbacks_train_sharded_as_in_one_process(reports):
