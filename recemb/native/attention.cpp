@@ -255,30 +255,36 @@ Shape shape_of(const at::Tensor& qkv) {
   return s;
 }
 
-template <int D, int FP>
-void forward_all(const Shape& s, const float* in, float* out, float* lse, float scale) {
+// Calls body(problem, padding, task, out_offset, in_offset) for every (sample, head) in
+// parallel: task = b * H + h; out_offset locates the problem in [B, F, H, d] tensors,
+// in_offset in [B, F, 3, H, d] ones.
+template <int D, int FP, typename Body>
+void for_each_problem(const Shape& s, const float* in, float scale, const Body& body) {
   const int64_t F = s.fields, H = s.heads;
   const Padding<FP> padding(F);
   at::parallel_for(0, s.batch * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / H, h = task % H;
-      const Problem<D, FP> pb(in + b * F * 3 * H * D + h * D, F, H, scale);
-      forward_problem(pb, padding, out + b * F * H * D + h * D, lse + task * F);
+      const int64_t in_offset = b * F * 3 * H * D + h * D;
+      const Problem<D, FP> pb(in + in_offset, F, H, scale);
+      body(pb, padding, task, b * F * H * D + h * D, in_offset);
     }
   });
 }
 
 template <int D, int FP>
+void forward_all(const Shape& s, const float* in, float* out, float* lse, float scale) {
+  for_each_problem<D, FP>(s, in, scale, [&](const Problem<D, FP>& pb, const Padding<FP>& padding, int64_t task,
+                                            int64_t out_offset, int64_t) {
+    forward_problem(pb, padding, out + out_offset, lse + task * s.fields);
+  });
+}
+
+template <int D, int FP>
 void backward_all(const Shape& s, const float* in, const float* lse, const float* dout, float* grad, float scale) {
-  const int64_t F = s.fields, H = s.heads;
-  const Padding<FP> padding(F);
-  at::parallel_for(0, s.batch * H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / H, h = task % H;
-      const Problem<D, FP> pb(in + b * F * 3 * H * D + h * D, F, H, scale);
-      backward_problem(pb, padding, dout + b * F * H * D + h * D, lse + task * F, scale,
-                       grad + b * F * 3 * H * D + h * D);
-    }
+  for_each_problem<D, FP>(s, in, scale, [&](const Problem<D, FP>& pb, const Padding<FP>& padding, int64_t task,
+                                            int64_t out_offset, int64_t in_offset) {
+    backward_problem(pb, padding, dout + out_offset, lse + task * s.fields, scale, grad + in_offset);
   });
 }
 
@@ -327,9 +333,12 @@ std::vector<at::Tensor> forward(const at::Tensor& qkv, double scale) {
 at::Tensor backward(const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& lse, double scale) {
   const Shape s = shape_of(qkv);
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({s.batch, s.fields, s.heads, s.dim}),
-              "grad_out must be [B, F, H, d]");
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef({s.batch, s.heads, s.fields}) && lse.is_contiguous(),
-              "lse must be the contiguous [B, H, F] of forward");
+              "grad_out must be [B, F, H, d], got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == at::kFloat && grad_out.device().is_cpu(),
+              "grad_out must be a float32 CPU tensor");
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef({s.batch, s.heads, s.fields}) && lse.is_contiguous() &&
+                  lse.scalar_type() == at::kFloat,
+              "lse must be forward's contiguous float32 [B, H, F], got ", lse.sizes());
   const auto go = grad_out.contiguous();
   auto grad = at::empty_like(qkv);
   dispatch<Backward>(s, qkv.data_ptr<float>(), lse.data_ptr<float>(), go.data_ptr<float>(), grad.data_ptr<float>(),
