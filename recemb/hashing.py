@@ -253,18 +253,35 @@ class Runs:
 
 
 def hash_to_buckets(
-    ids: Tensor, salt: int | Tensor | Runs, buckets: int | Tensor | Runs, max_buckets: int | None = None
+    ids: Tensor,
+    salt: int | Tensor | Runs,
+    buckets: int | Tensor | Runs,
+    max_buckets: int | None = None,
+    own_rows: int | Runs = 0,
 ) -> Tensor:
     """bucketize(salted_hash(ids, salt), buckets): the row of each id in a hashed table. A salt
-    or size per id may come as a tensor [N] or as Runs of the (1-d) ids."""
+    or size per id may come as a tensor [N] or as Runs of the (1-d) ids. Ids in [0, own_rows)
+    keep their own row instead (a table with a row per id needs no hash); 0: all are hashed."""
     if isinstance(buckets, int) and buckets < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
+    if isinstance(own_rows, int) and own_rows < 0:
+        raise ValueError(f"own_rows must be >= 0 (0: hash every id), got {own_rows}")
     if _numpy_ok(ids, *_tensors(salt), *_tensors(buckets)):
         kernel = _kernel()
-        if kernel is not None and _native_ok(ids, salt, buckets):
-            return _hash_to_buckets_native(kernel, ids, salt, buckets, max_buckets)
-        return _hash_to_buckets_numpy(ids, _spread(salt), _spread(buckets), max_buckets)
-    return _bucketize_torch(_salted_hash_torch(ids, _spread(salt)), _spread(buckets), max_buckets)
+        if kernel is not None and _native_ok(ids, salt, buckets, own_rows):
+            return _hash_to_buckets_native(kernel, ids, salt, buckets, max_buckets, own_rows)
+        rows = _hash_to_buckets_numpy(ids, _spread(salt), _spread(buckets), max_buckets)
+    else:
+        rows = _bucketize_torch(_salted_hash_torch(ids, _spread(salt)), _spread(buckets), max_buckets)
+    return _keep_own_rows(ids, rows, own_rows)
+
+
+def _keep_own_rows(ids: Tensor, rows: Tensor, own_rows: int | Runs) -> Tensor:
+    """rows, with the ids in [0, own_rows) in place of theirs."""
+    if isinstance(own_rows, int) and own_rows == 0:
+        return rows
+    ids = ids.long()  # an int32 comparison would wrap a bound of 2**31 or more
+    return torch.where((ids >= 0) & (ids < _spread(own_rows)), ids, rows)
 
 
 def _tensors(arg: int | Tensor | Runs) -> tuple[int | Tensor, ...]:
@@ -290,13 +307,13 @@ def _kernel() -> ModuleType | None:
     return native.load("hash")
 
 
-def _native_ok(ids: Tensor, salt: int | Tensor | Runs, buckets: int | Tensor | Runs) -> bool:
+def _native_ok(ids: Tensor, salt: int | Tensor | Runs, buckets: int | Tensor | Runs, own_rows: int | Runs) -> bool:
     """Whether the kernel takes these (past `_numpy_ok`): a size below 2**63; tensors of the
     ids' shape (numpy would broadcast others); Runs of 1-d ids, over the same runs and not
     mixed with tensors."""
-    if isinstance(buckets, int) and buckets > MASK63:
+    if isinstance(buckets, int) and buckets > MASK63 or isinstance(own_rows, int) and own_rows > MASK63:
         return False
-    args = (salt, buckets)
+    args = (salt, buckets, own_rows)
     runs = [a for a in args if isinstance(a, Runs)]
     if runs:
         same = all(r.counts is runs[0].counts or torch.equal(r.counts, runs[0].counts) for r in runs[1:])
@@ -305,10 +322,17 @@ def _native_ok(ids: Tensor, salt: int | Tensor | Runs, buckets: int | Tensor | R
 
 
 def _hash_to_buckets_native(
-    kernel: ModuleType, ids: Tensor, salt: int | Tensor | Runs, buckets: int | Tensor | Runs, max_buckets: int | None
+    kernel: ModuleType,
+    ids: Tensor,
+    salt: int | Tensor | Runs,
+    buckets: int | Tensor | Runs,
+    max_buckets: int | None,
+    own_rows: int | Runs,
 ) -> Tensor:
     """hash_to_buckets by the C++ kernel: the same bits as the numpy path, in one pass."""
-    salts = sizes = ends = None
+    salts = sizes = ends = owns = None
+    if isinstance(own_rows, Runs):
+        owns, ends = own_rows.values, own_rows.ends
     if isinstance(salt, Runs):
         salts, ends = salt.values, salt.ends
     elif isinstance(salt, Tensor):
@@ -323,7 +347,9 @@ def _hash_to_buckets_native(
             max_buckets = buckets.largest if isinstance(buckets, Runs) else int(sizes.max())
         largest = max(0, min(max_buckets, MASK63))
     salt_int = 0 if salts is not None else _signed(salt)  # type: ignore[arg-type]
-    return kernel.hash_to_buckets(ids, salts, sizes, ends, salt_int, 0 if sizes is not None else buckets, largest)
+    own = 0 if owns is not None else own_rows
+    size = 0 if sizes is not None else buckets
+    return kernel.hash_to_buckets(ids, salts, sizes, ends, owns, salt_int, size, own, largest)
 
 
 def _fnv1a(data: bytes) -> int:

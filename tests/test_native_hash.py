@@ -1,6 +1,6 @@
 """The one-pass C++ hash kernel (recemb/native/hash.cpp) gives the bits of the numpy and torch
 paths of `hash_to_buckets` for every rule (multiply-shift, mask, modulo), salt and size per
-id or per run, id dtype and shape, on any number of threads."""
+id or per run, ids kept as their own rows, id dtype and shape, on any number of threads."""
 
 from __future__ import annotations
 
@@ -23,18 +23,20 @@ def ids_of(n: int, seed: int = 0) -> torch.Tensor:
     return torch.cat([torch.tensor(EDGE_IDS), wide, torch.arange(n)])
 
 
-def python_paths(ids, salt, buckets, max_buckets=None):
+def python_paths(ids, salt, buckets, max_buckets=None, own_rows=0):
     """The numpy and the torch rows of the same call (salts and sizes spread to the ids)."""
     per_id = [a.per_id if isinstance(a, Runs) else a for a in (salt, buckets)]
     return (
-        hashing._hash_to_buckets_numpy(ids, *per_id, max_buckets),
-        hashing._bucketize_torch(hashing._salted_hash_torch(ids, per_id[0]), per_id[1], max_buckets),
+        hashing._keep_own_rows(ids, hashing._hash_to_buckets_numpy(ids, *per_id, max_buckets), own_rows),
+        hashing._keep_own_rows(
+            ids, hashing._bucketize_torch(hashing._salted_hash_torch(ids, per_id[0]), per_id[1], max_buckets), own_rows
+        ),
     )
 
 
-def assert_same_bits(ids, salt, buckets, max_buckets=None):
-    got = hashing._hash_to_buckets_native(KERNEL, ids, salt, buckets, max_buckets)
-    for want in python_paths(ids, salt, buckets, max_buckets):
+def assert_same_bits(ids, salt, buckets, max_buckets=None, own_rows=0):
+    got = hashing._hash_to_buckets_native(KERNEL, ids, salt, buckets, max_buckets, own_rows)
+    for want in python_paths(ids, salt, buckets, max_buckets, own_rows):
         assert got.dtype == torch.int64 and got.shape == ids.shape
         assert torch.equal(got, want)
 
@@ -70,6 +72,25 @@ def test_a_salt_and_a_size_per_run():
         assert_same_bits(ids, salts, sizes)
         assert_same_bits(ids, 5, sizes)
         assert_same_bits(ids, salts, 4096)
+
+
+def test_ids_below_own_rows_keep_their_row():
+    """A table with a row per id: ids in [0, own_rows) are their rows, the rest (negatives
+    too) hashed; one bound for all ids, or one per run (0: that run all hashed)."""
+    ids = ids_of(2000, 6)
+    rows = hash_to_buckets(ids, 3, 1000, own_rows=1000)
+    inside = (ids >= 0) & (ids < 1000)
+    assert inside.sum() >= 1000 and torch.equal(rows[inside], ids[inside])
+    assert torch.equal(rows[~inside], hash_to_buckets(ids, 3, 1000)[~inside])
+    assert_same_bits(ids, 3, 1000, own_rows=1000)
+    assert_same_bits(ids.int().view(-1), 3, 2**40 + 3, own_rows=2**31)
+    counts = torch.tensor([1000, 0, len(ids) - 1000])
+    salts, sizes = Runs(torch.tensor([1, 2, 3]), counts), Runs(torch.tensor([64, 5, 2**30]), counts)
+    for owns in ([64, 0, 0], [0, 5, 2**30], [64, 5, 2**30]):
+        assert_same_bits(ids, salts, sizes, own_rows=Runs(torch.tensor(owns), counts))
+        assert_same_bits(ids, 9, 2**30, own_rows=Runs(torch.tensor(owns), counts))
+    with pytest.raises(ValueError, match=r"own_rows must be >= 0 \(0: hash every id\), got -1"):
+        hash_to_buckets(ids, 3, 1000, own_rows=-1)
 
 
 def test_int32_and_multi_dimensional_ids():
@@ -113,8 +134,12 @@ def test_bad_runs_are_refused():
         Runs(torch.tensor([1.0]), torch.tensor([1]))
     ids = torch.arange(5)
     with pytest.raises(RuntimeError, match="run_ends must end at the number of ids"):
-        KERNEL.hash_to_buckets(ids, torch.tensor([1, 2]), None, torch.tensor([2, 4]), 0, 10, 0)
+        KERNEL.hash_to_buckets(ids, torch.tensor([1, 2]), None, torch.tensor([2, 4]), None, 0, 10, 0, 0)
     with pytest.raises(RuntimeError, match="nondecreasing"):
-        KERNEL.hash_to_buckets(ids, torch.tensor([1, 2, 3]), None, torch.tensor([4, 3, 5]), 0, 10, 0)
+        KERNEL.hash_to_buckets(ids, torch.tensor([1, 2, 3]), None, torch.tensor([4, 3, 5]), None, 0, 10, 0, 0)
     with pytest.raises(RuntimeError, match="salt must have one value per run"):
-        KERNEL.hash_to_buckets(ids, torch.tensor([1]), None, torch.tensor([2, 5]), 0, 10, 0)
+        KERNEL.hash_to_buckets(ids, torch.tensor([1]), None, torch.tensor([2, 5]), None, 0, 10, 0, 0)
+    with pytest.raises(RuntimeError, match="owns needs run_ends"):
+        KERNEL.hash_to_buckets(ids, None, None, None, torch.tensor([1] * 5), 0, 10, 0, 0)
+    with pytest.raises(RuntimeError, match="own must be >= 0, got -3 at run 1"):
+        KERNEL.hash_to_buckets(ids, None, None, torch.tensor([2, 5]), torch.tensor([0, -3]), 0, 10, 0, 0)

@@ -3,8 +3,11 @@
 Also home of `ProbeEmbedding`, the machinery every hashing kind shares: a feature reads a
 few store keys ("probes", `C1#0`, `C1#1`, ...), the ids of all probes of all features go
 through one store call, and a kind's `combine` turns a feature's probe vectors into its
-vector. Deviation: a table gets min(cardinality, buckets) rows (never more rows than ids)
-and there is no sign hash (the paper's ξ(x)); CTR models learn the sign with the weights.
+vector. Deviations: a table gets min(cardinality, buckets) rows (never more rows than ids),
+and a table that holds every id of its features (cardinality <= buckets) needs no hash: ids
+in [0, cardinality) read their own row, as in `full`, and only ids outside that range are
+hashed (hashing 12 ids into 12 rows would make about 4 of them collide). There is no sign
+hash (the paper's ξ(x)); CTR models learn the sign with the weights.
 """
 
 from __future__ import annotations
@@ -50,9 +53,9 @@ class ProbeEmbedding(TableEmbedding):
     is one [B, F, w] view per round, combined for all features in one call.
 
     An integer arg that differs between a round's features reaches `store_rows` as a tensor
-    of one value per id, or, for the args named in `hash_args` (which `store_rows` only passes
-    on to `hash_to_buckets`), as `Runs`: one value per feature, which the hash kernel reads
-    without an [N] array.
+    of one value per id, or, for the args named in `hash_args` (those `store_rows` passes on
+    to `hash_to_buckets`, or reads per feature), as `Runs`: one value per feature, which the
+    hash kernel reads without an [N] array.
     """
 
     hash_args: ClassVar[tuple[str, ...]] = ()
@@ -205,7 +208,7 @@ class Hashed:
     """Settings for HashedEmbedding.
 
     buckets: rows of each table, min(cardinality, buckets); default 2**18 unless a budget
-    sets them. budget (bytes) or budget_ratio (of `full`'s bytes): rows sized to fit, small
+    sets them. A table with a row per id maps in-range ids to their own rows, unhashed. budget (bytes) or budget_ratio (of `full`'s bytes): rows sized to fit, small
     tables first kept whole, large ones capped alike. seed: salts of the hashes.
     """
 
@@ -229,7 +232,7 @@ class HashedEmbedding(ProbeEmbedding):
     """One hashed table per logical table, read once per feature (key `C1#0`). Features sharing
     a table share its salt, so a target item and a history of items read the same rows."""
 
-    hash_args = ("salt", "rows")
+    hash_args = ("salt", "rows", "own_rows")
 
     def __init__(self, schema: Schema, cfg: Hashed, settings: StoreSettings) -> None:
         super().__init__(schema, settings)
@@ -238,8 +241,10 @@ class HashedEmbedding(ProbeEmbedding):
         rows = sized_rows("Hashed", cfg, schema, [m[0].cardinality for m in tables.values()], cfg.dim, cfg.buckets)
         specs = [TableSpec(name, r, cfg.dim, init_std=cfg.init_std) for name, r in zip(tables, rows)]
         rows_of = dict(zip(tables, rows))
+        # own_rows: the ids below it read their own row (a table with a row per id); 0: none do
+        own = {t: r if r == members[0].cardinality else 0 for (t, members), r in zip(tables.items(), rows)}
         probes = [
-            [Probe(f"{f.name}#0", t, {"salt": feature_salt(cfg.seed, t), "rows": rows_of[t]})]
+            [Probe(f"{f.name}#0", t, {"salt": feature_salt(cfg.seed, t), "rows": rows_of[t], "own_rows": own[t]})]
             for f, t in ((f, f.table_name) for f in schema.sparse)
         ]
         self._setup(specs, probes)
@@ -249,7 +254,7 @@ class HashedEmbedding(ProbeEmbedding):
         return self.cfg.dim
 
     def store_rows(self, ids: Tensor, args: dict[str, int | Tensor | Runs], probe: int) -> Tensor:
-        return hash_to_buckets(ids, args["salt"], args["rows"], self._arg_max["rows"])
+        return hash_to_buckets(ids, args["salt"], args["rows"], self._arg_max["rows"], args["own_rows"])
 
 
 def sized_rows(
