@@ -6,7 +6,9 @@ shard by shard) for the planner to shard; the store's optimizer and seed are kep
 rank builds the data (the readers and the synthetic generator are deterministic) and trains
 on its share of each global batch (`train.batch_size` is the global batch). A kind trained in
 stages (recemb.pruning.procedures) runs its procedure with every stage sharded
-(recemb.distributed.stages), unless procedures.UNSHARDED says why it cannot.
+(recemb.distributed.stages), unless procedures.UNSHARDED says why it cannot. A kind that
+`recemb export` reads gets its model.pt as in one process: its tables gathered whole to
+rank 0 (without optimizer state).
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from recemb.data import DataSplits, load_dataset
 from recemb.distributed.data import evaluate
 from recemb.distributed.memory import rank_memory
 from recemb.distributed.plan import describe_plan, find_store
-from recemb.distributed.shard import shard_model
+from recemb.distributed.shard import gather_table_weights, shard_model
 from recemb.distributed.stages import ShardedStages
 from recemb.distributed.trainer import DistributedTrainer
 from recemb.models import build_model
-from recemb.pruning.procedures import PROCEDURES, UNSHARDED, StageContext
+from recemb.pruning.procedures import PROCEDURES, UNSHARDED, StageContext, exports, save_trained
 from recemb.run import resolve_config, run_metrics, write_run_record
 from recemb.storage import StoreSettings
 from recemb.tables import build_embedding
@@ -90,6 +92,7 @@ def run_training(
     data = data or load_dataset(conf["data"], tuple(conf["split"]))
     procedure = PROCEDURES.get(table_cfg.kind)
     stages: dict[str, dict[str, Any]] = {}
+    arch: dict | None = None
     if procedure is None:
         seed_everything(train_cfg.seed)
         embedding = build_embedding(data.train.schema, table_cfg, settings)
@@ -104,8 +107,8 @@ def run_training(
         runner = ShardedStages(plan, batch_per_rank, pg, device)
         staged = procedure(StageContext(data, table_cfg, model_cfg, train_cfg, settings, runner))
         dmp, trainer = staged.module, runner.trainer  # the last stage's
-        history, stages = staged.history, staged.stages
-        memory = staged.model.embedding.memory()  # the last stage's tables, as a single process reports them
+        model, history, stages, arch = staged.model, staged.history, staged.stages, staged.arch
+        memory = model.embedding.memory()  # the last stage's tables, as a single process reports them
 
     test = evaluate(dmp, data.test, train_cfg.eval_batch_size, data.groups.get("test"), pg)
     metrics = run_metrics(test, memory, history, data, table_cfg, model_cfg)
@@ -114,6 +117,8 @@ def run_training(
     result = DistributedRun(
         metrics, str(dmp.plan), describe_plan(dmp.plan, find_store(dmp.module)), rank_memory(dmp, trainer.optimizer, pg)
     )
+    # every rank: the gather is a collective (all tables to every rank; fine for what exports)
+    tables = gather_table_weights(dmp, pg) if out_dir is not None and exports(model) else None
     if out_dir is not None and dist.get_rank(pg) == 0:
         out = Path(out_dir)
         used = dataclasses.replace(settings, device=str(device))
@@ -128,4 +133,6 @@ def run_training(
         }
         write_run_record(out, conf, table_cfg, model_cfg, train_cfg, used, data, history, metrics, extra)
         (out / PLAN_FILE).write_text(result.plan + "\n")
+        if tables is not None:
+            save_trained(out, model, arch, state=dmp.state_dict(), tables=tables)
     return result

@@ -11,7 +11,8 @@ tolerance (fp32) or within INT8_TOLERANCE (int8; tested).
 
     recemb export --run DIR --out FILE [--int8] [--check]
 
-reads DIR/run.json and DIR/model.pt (written by `recemb train --out DIR` for these kinds).
+reads DIR/run.json and DIR/model.pt (written by `recemb train --out DIR` for these kinds,
+sharded runs included).
 """
 
 from __future__ import annotations
@@ -162,8 +163,11 @@ def load_trained(run_dir: str | Path) -> tuple[CTRModel, dict]:
     schema = Schema.from_dict(record["schema"])
     embedding = _trained_embedding(schema, table_cfg, settings, saved.get("arch"))
     model = build_model(embedding, model_cfg)
-    model.load_state_dict(saved["dense"], strict=False)
-    embedding.store.load_store_state(saved["store"])
+    loaded = model.load_state_dict(saved["dense"], strict=False)
+    wrong = [k for k in loaded.missing_keys if ".store." not in k] + list(loaded.unexpected_keys)
+    if wrong:
+        raise ValueError(f"{str(model_path)!r} does not fit the run's model: {wrong}")
+    embedding.store.load_table_weights(saved["store"]["weights"])  # serving needs no optimizer state
     return model.eval(), record
 
 

@@ -338,16 +338,31 @@ UNSHARDED: dict[str, str] = {
 
 
 # -- the trained model of a run, for recemb.export ----------------------------------------------
-def save_trained(out_dir: Path, model: CTRModel, arch: dict | None) -> Path | None:
+def exports(model: CTRModel) -> bool:
+    """Whether `recemb export` reads runs of this model's table kind (it has `export_tables`)."""
+    return hasattr(model.embedding, "export_tables")
+
+
+def save_trained(
+    out_dir: Path,
+    model: CTRModel,
+    arch: dict | None,
+    state: dict[str, Tensor] | None = None,
+    tables: dict[str, Tensor] | None = None,
+) -> Path | None:
     """model.pt: the weights (dense and store) and the architecture of a run whose table
-    kind exports (has `export_tables`); None for other kinds."""
-    embedding = model.embedding
-    if not hasattr(embedding, "export_tables"):
+    kind exports; None for other kinds. A sharded run gives its weights as `state` (the
+    sharded model's state dict, read for the dense weights) and `tables` (gathered whole),
+    and saves no optimizer state."""
+    if not exports(model):
         return None
+    embedding = model.embedding
     store_prefix = next(name + "." for name, m in model.named_modules() if m is embedding.store)
-    dense = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(store_prefix)}
+    state = model.state_dict() if state is None else state
+    dense = {k: v.clone() for k, v in state.items() if not k.startswith(store_prefix)}
+    store = embedding.store.store_state() if tables is None else {"weights": tables}
     path = Path(out_dir) / MODEL_FILE
     tmp = path.with_suffix(".tmp")
-    torch.save({"kind": embedding.cfg.kind, "arch": arch, "dense": dense, "store": embedding.store.store_state()}, tmp)
+    torch.save({"kind": embedding.cfg.kind, "arch": arch, "dense": dense, "store": store}, tmp)
     tmp.replace(path)
     return path

@@ -1,17 +1,22 @@
 """Staged kinds sharded (`recemb train --nproc 2`): OptEmbed's three stages (supernet, search,
 retrain) each train sharded over 2 CPU processes through torchrun and end where one process
-ends: the same JSON line, the same kept rows and searched widths, the same scores. DNIS and
-resuming a staged run are refused before any process starts.
+ends: the same JSON line, the same kept rows and searched widths, the same scores, and a
+model.pt that `recemb export` reads into the model one process trains. DNIS and resuming a
+staged run are refused before any process starts.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from recemb.data import load_dataset
 from recemb.distributed.launch import launch_training
+from recemb.export import export_run, load_trained
 from recemb.run import run_training
+from recemb.train import predict
 
 pytestmark = pytest.mark.dist
 
@@ -60,7 +65,7 @@ def test_optembed_stages_run_sharded_and_end_where_one_process_ends(tmp_path):
     done = launch_training(CONF, out, nproc=2, plan="column_wise", capture=True)
     assert done.returncode == 0, done.stderr[-3000:]  # type: ignore[union-attr]
     metrics = json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[union-attr]
-    single = run_training(CONF).metrics
+    single = run_training(CONF, tmp_path / "single").metrics
 
     assert set(metrics) == set(single)  # the JSON line of a single-process run, stages included
     assert list(metrics["stages"]) == ["supernet", "search", "retrain"]
@@ -75,6 +80,12 @@ def test_optembed_stages_run_sharded_and_end_where_one_process_ends(tmp_path):
     assert set(tables) == {"C1", "C2", "C3"}
     for name, width in search["widths"].items():
         assert sum(s["sizes"][1] for s in tables[name]["shards"]) == width
+
+    # model.pt: the sharded run's trained model is the one process's, and exports
+    test = load_dataset(CONF["data"], tuple(record["config"]["split"])).test
+    (sharded, _), (one, _) = load_trained(out), load_trained(tmp_path / "single")
+    np.testing.assert_allclose(predict(sharded, test), predict(one, test), atol=1e-4)
+    assert export_run(out, tmp_path / "sharded.pt", check=True)["max_abs_prob_diff"] < 1e-5
 
 
 @pytest.mark.parametrize(
