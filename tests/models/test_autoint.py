@@ -3,7 +3,7 @@ import torch
 
 from recemb import Full, StoreSettings, build_embedding
 from recemb.data.synthetic import SyntheticConfig, generate
-from recemb.models import MODELS, AutoInt, AutoIntConfig, build_model, model_config
+from recemb.models import AutoInt, AutoIntConfig, build_model, model_config
 from recemb.models.autoint import InteractingLayer
 
 
@@ -15,28 +15,6 @@ def data():
 def make_model(data, name="autoint", backend="tbe", **settings):
     embedding = build_embedding(data.schema, Full(dim=8), StoreSettings(backend=backend))
     return build_model(embedding, model_config(name, settings))
-
-
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_model_gives_one_logit_per_sample_and_trains(data, name):
-    model = make_model(data, name)
-    batch = data.batch(torch.arange(64))
-    logits = model(batch.sparse, batch.dense)
-    assert logits.shape == (64,)
-    assert torch.isfinite(logits).all()
-    before = model.embedding.store.table_weights()
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
-    loss.backward()
-    dense_grads = [p.grad for p in model.dense_parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in dense_grads)
-    after = model.embedding.store.table_weights()
-    assert any(not torch.equal(before[k], after[k]) for k in before), "fused optimizer did not move embeddings"
-
-
-def test_fused_weights_are_kept_out_of_the_dense_parameters(data):
-    model = make_model(data)
-    fused = {id(p) for p in model.embedding.fused_parameters()}
-    assert fused and not fused & {id(p) for p in model.dense_parameters()}
 
 
 def test_autoint_plus_adds_a_dnn_and_autoint_has_none(data):
