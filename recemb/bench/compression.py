@@ -21,6 +21,8 @@ Storage Compression" (Zhang et al.), on the user's own data: methods compare at 
   the runner-up at the same budget, on the same test rows (resampled together, the AUC
   averaged over seeds within each resample): an interval that straddles 0 means the test
   set cannot tell the two apart (on 2,000 test rows an AUC's standard error is ~0.015).
+  --pairs A:B,... adds the same interval for B's AUC minus A's at every budget where both
+  ran (e.g. `--pairs hashed:unified`).
 
 Outputs under --out: compression.csv (one row per kind and budget), compression.png (test
 AUC against table bytes, log-scaled, one line per kind), compression.md (the tables as
@@ -163,6 +165,20 @@ def parse_budgets(text: str) -> list[float]:
     if not budgets or any(not 0 < b <= 1 for b in budgets):
         raise ValueError(f"--budgets must be fractions in (0, 1], got {text!r}")
     return sorted(set(budgets), reverse=True)
+
+
+def parse_pairs(text: str, kinds: list[str]) -> list[tuple[str, str]]:
+    """`A:B,C:D` -> [(A, B), (C, D)], each kind one of the sweep's."""
+    pairs = []
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        a, sep, b = item.partition(":")
+        if not sep or not a or not b or a == b:
+            raise ValueError(f"--pairs items must be A:B with two different kinds, got {item!r}")
+        missing = [k for k in (a, b) if k not in kinds]
+        if missing:
+            raise ValueError(f"--pairs {item!r}: {missing} not among the swept kinds {kinds}")
+        pairs.append((a, b))
+    return pairs
 
 
 def table_for(kind: str, budget: float, dim: int) -> tuple[dict[str, Any] | None, str]:
@@ -349,6 +365,21 @@ def _weighted_auc(ranked: tuple[np.ndarray, int], weights: np.ndarray, labels: n
     return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
 
 
+def compare_pairs(
+    cells: list[Cell], labels: np.ndarray, pairs: list[tuple[str, str]], rounds: int
+) -> list[dict[str, Any]]:
+    """Per pair (a, b) and budget where both ran: mean AUC(b) - AUC(a) with its 95% paired
+    bootstrap interval on the test rows."""
+    out = []
+    for a, b in pairs:
+        ran = {(c.kind, c.budget): c for c in cells if c.kind in (a, b) and c.runs}
+        for budget in dict.fromkeys(c.budget for c in cells):
+            if (a, budget) in ran and (b, budget) in ran:
+                diff = bootstrap_auc_diff(labels, ran[a, budget].probs, ran[b, budget].probs, rounds)
+                out.append({"a": a, "b": b, "budget": budget, "b_minus_a": list(diff)})
+    return out
+
+
 def summarize(cells: list[Cell], labels: np.ndarray, budgets: list[float], rounds: int) -> list[dict[str, Any]]:
     """Per budget: the best kind by mean AUC, the runner-up, and paired bootstrap intervals of
     the best one's AUC difference against full at budget 1 and against the runner-up."""
@@ -453,6 +484,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {e['budget']:g} | {e['best']} | {_fmt(e['best_auc'], '.4f')} | {_interval(e.get('vs_full'))} "
             f"| {e.get('runner_up') or '—'} | {_interval(e.get('vs_runner_up'))} |"
         )
+    if result.get("pairs"):
+        lines += ["", "| budget | pair | ΔAUC (second − first) [95% CI] |", "|---|---|---|"]
+        lines += [f"| {p['budget']:g} | {p['b']} − {p['a']} | {_interval(p['b_minus_a'])} |" for p in result["pairs"]]
     return "\n".join(lines) + "\n"
 
 
@@ -526,6 +560,10 @@ def print_tables(result: dict[str, Any]) -> None:
             f"{e['budget']:7g} {e['best']:15s} {_fmt(e['best_auc'], '.4f'):>7s} {_interval(e.get('vs_full')):>31s} "
             f"{e.get('runner_up') or '—':15s} {_interval(e.get('vs_runner_up')):>31s}"
         )
+    if result.get("pairs"):
+        print("\npairs (ΔAUC of the second kind minus the first, 95% paired bootstrap interval)\n")
+        for p in result["pairs"]:
+            print(f"{p['budget']:7g} {p['b'] + ' − ' + p['a']:31s} {_interval(p['b_minus_a']):>31s}")
     if result["skipped_kinds"]:
         print(f"\nskipped kinds: {result['skipped_kinds']}")
     print()
@@ -551,6 +589,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-std", type=float,
                         help="std of the tables' initial rows, for every kind (default: each kind's own)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1000, help="bootstrap rounds of the intervals")
+    parser.add_argument("--pairs", default="",
+                        help="A:B,...: ΔAUC of B minus A with its paired interval at every budget (e.g. hashed:unified)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, 1 seed, 200 bootstrap rounds")
     parser.add_argument("--out", help="folder for compression.csv, .png, .md and .json (none written without it)")
 
@@ -578,6 +618,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     table_options = {} if args.init_std is None else {"init_std": args.init_std}
     kinds, skipped = select_kinds(args.kinds)
     budgets = parse_budgets(args.budgets)
+    pairs = parse_pairs(args.pairs, kinds)
     torch.set_num_threads(args.threads)
 
     options = {"max_rows": args.max_rows} if args.max_rows and not base["data"].startswith("synthetic") else {}
@@ -610,6 +651,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "environment": environment(),
         "rows": [c.row(int(c.budget * reference_bytes)) for c in cells],
         "summary": summarize(cells, labels, budgets, rounds),
+        "pairs": compare_pairs(cells, labels, pairs, rounds),
         "skipped_kinds": skipped,
         "runs": [{"kind": c.kind, "budget": c.budget, "seed": s, **m} for c in cells for s, m in enumerate(c.runs)],
         "seconds": time.perf_counter() - started,

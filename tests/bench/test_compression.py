@@ -25,7 +25,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 SWEEP = ["--data", TINY, "--kinds", "full,hashed", "--budgets", "1,0.25,0.001", "--seeds", "2", "--epochs", "1",
-         "--rounds", "50"]  # fmt: skip
+         "--rounds", "50", "--pairs", "full:hashed"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,21 @@ def test_sweep_rows_files_and_summary(swept):
     assert (out / "compression.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "compression.json").read_text())["settings"]["seeds"] == 2
     assert "| hashed | 0.25 |" in (out / "compression.md").read_text()
+    # --pairs full:hashed: both ran at budgets 1 and 0.25; at 0.25 it is best vs runner-up, up to sign
+    pairs = {p["budget"]: p for p in result["pairs"]}
+    assert set(pairs) == {1.0, 0.25} and {(p["a"], p["b"]) for p in pairs.values()} == {("full", "hashed")}
+    sign = 1 if summary[0.25]["best"] == "hashed" else -1
+    assert pairs[0.25]["b_minus_a"][0] == pytest.approx(sign * summary[0.25]["vs_runner_up"][0])
+    assert "| 0.25 | hashed − full |" in (out / "compression.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [("full", r"--pairs items must be A:B"), ("full:full", r"two different kinds"), ("full:qr", r"\['qr'\] not among")],
+)
+def test_bad_pairs_are_refused(text, match):
+    with pytest.raises(ValueError, match=match):
+        compression.parse_pairs(text, ["full", "hashed"])
 
 
 def test_a_failing_kind_is_reported_not_fatal(monkeypatch, capsys):
