@@ -2,8 +2,11 @@
 Hashing for Recommender Systems", RecSys 2020; k independent hashes of the hashing trick):
 each id reads k rows, from one shared table or from k tables, summed or concatenated.
 
-Deviation: every id is hashed k times (the paper's frequency-based variant keeps a full row
-for frequent ids; that needs id counts, which a stateless hash kind does not have).
+Deviations: every id is hashed k times (the paper's frequency-based variant keeps a full row
+for frequent ids; that needs id counts, which a stateless hash kind does not have), except
+in a table that holds a row per id: there each probe reads the id's own row, as `hashed`
+does, since hashing would only make ids collide. With one shared table and `concat` that
+would repeat one row k times in the output, so those tables stay hashed.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from recemb.features import Schema
 from recemb.hashing import Runs, feature_salt, hash_to_buckets
 from recemb.storage import StoreSettings, TableSpec
 from recemb.tables.budget import check_budget_fields
-from recemb.tables.hashed import STORE_DIM_MULTIPLE, Probe, ProbeEmbedding, sized_rows
+from recemb.tables.hashed import STORE_DIM_MULTIPLE, Probe, ProbeEmbedding, own_rows, sized_rows
 
 COMBINES = ("sum", "concat")
 
@@ -78,7 +81,7 @@ class DoubleHashEmbedding(ProbeEmbedding):
     """Key `C1#i` reads hash i of C1's ids; the k vectors are summed or concatenated. A sum
     starts each table at init_std/sqrt(k), so the summed vector has a full table's spread."""
 
-    hash_args = ("salt", "rows")
+    hash_args = ("salt", "rows", "own_rows")
 
     def __init__(self, schema: Schema, cfg: DoubleHash, settings: StoreSettings) -> None:
         super().__init__(schema, settings)
@@ -98,9 +101,15 @@ class DoubleHashEmbedding(ProbeEmbedding):
             for name in logical
             for i in range(1 if cfg.shared else k)
         ]
+        repeats = cfg.shared and cfg.combine == "concat"  # own rows would fill the output with one row
+        own = {name: 0 if repeats else own_rows(rows[name], m[0].cardinality) for name, m in logical.items()}
         probes = [
             [
-                Probe(f"{f.name}#{i}", table(t, i), {"salt": feature_salt(cfg.seed, t, i), "rows": rows[t]})
+                Probe(
+                    f"{f.name}#{i}",
+                    table(t, i),
+                    {"salt": feature_salt(cfg.seed, t, i), "rows": rows[t], "own_rows": own[t]},
+                )
                 for i in range(k)
             ]
             for f, t in ((f, f.table_name) for f in schema.sparse)
@@ -112,7 +121,7 @@ class DoubleHashEmbedding(ProbeEmbedding):
         return self.cfg.dim
 
     def store_rows(self, ids: Tensor, args: dict[str, int | Tensor | Runs], probe: int) -> Tensor:
-        return hash_to_buckets(ids, args["salt"], args["rows"], self._arg_max["rows"])
+        return hash_to_buckets(ids, args["salt"], args["rows"], self._arg_max["rows"], args["own_rows"])
 
     def combine(self, parts: list[Tensor], feature: int | None) -> Tensor:
         if self.cfg.combine == "concat":

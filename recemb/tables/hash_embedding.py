@@ -9,7 +9,8 @@ the padding counts in the memory report. Bags: the pooled components and the poo
 are combined (sum_i P_i · C_i with P_i, C_i the bag's pooled weights and vectors), which for
 single ids and sequences is exact and for bags of several ids is not the pooled per-id sum.
 Init: weights N(0, 1) and components N(0, init_std²/k), so the sum starts with a full
-table's spread.
+table's spread. A pool or weight table that holds a row per id is read at each id's own row,
+not hashed (as `hashed` does): the k components are then one vector, scaled by sum_i p_i(x).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from recemb.hashing import Runs, feature_salt, hash_to_buckets
 from recemb.storage import StoreSettings, TableSpec
 from recemb.storage.layout import BYTES_PER_FLOAT
 from recemb.tables.budget import budget_floats, check_budget_fields, fill_rows, too_small
-from recemb.tables.hashed import DEFAULT_BUCKETS, STORE_DIM_MULTIPLE, Probe, ProbeEmbedding
+from recemb.tables.hashed import DEFAULT_BUCKETS, STORE_DIM_MULTIPLE, Probe, ProbeEmbedding, own_rows
 
 DEFAULT_WEIGHT_ROWS = 2**20
 
@@ -76,7 +77,7 @@ class HashEmbeddingEmbedding(ProbeEmbedding):
     `t#weights` of weight_rows x ceil4(k); feature C1 reads keys `C1#0`..`C1#{k-1}` (its
     components) and `C1#w` (its importance weights)."""
 
-    hash_args = ("salt", "rows")
+    hash_args = ("salt", "rows", "own_rows")
 
     def __init__(self, schema: Schema, cfg: HashEmbedding, settings: StoreSettings) -> None:
         super().__init__(schema, settings)
@@ -91,10 +92,12 @@ class HashEmbeddingEmbedding(ProbeEmbedding):
         b_of, k_of = dict(zip(logical, pool_rows)), dict(zip(logical, weight_rows))
         probes = []
         for f in schema.sparse:
-            t = f.table_name
+            t, n = f.table_name, logical[f.table_name][0].cardinality
             salts = [feature_salt(cfg.seed, t, i) for i in range(k + 1)]  # k components, then the weights
-            parts = [Probe(f"{f.name}#{i}", f"{t}#pool", {"salt": salts[i], "rows": b_of[t]}) for i in range(k)]
-            parts.append(Probe(f"{f.name}#w", f"{t}#weights", {"salt": salts[k], "rows": k_of[t]}))
+            pool = {"rows": b_of[t], "own_rows": own_rows(b_of[t], n)}
+            parts = [Probe(f"{f.name}#{i}", f"{t}#pool", {"salt": salts[i], **pool}) for i in range(k)]
+            weights = {"rows": k_of[t], "own_rows": own_rows(k_of[t], n)}
+            parts.append(Probe(f"{f.name}#w", f"{t}#weights", {"salt": salts[k], **weights}))
             probes.append(parts)
         self._setup(tables, probes)
 
@@ -120,7 +123,7 @@ class HashEmbeddingEmbedding(ProbeEmbedding):
         return self.cfg.dim
 
     def store_rows(self, ids: Tensor, args: dict[str, int | Tensor | Runs], probe: int) -> Tensor:
-        return hash_to_buckets(ids, args["salt"], args["rows"], self._arg_max["rows"])
+        return hash_to_buckets(ids, args["salt"], args["rows"], self._arg_max["rows"], args["own_rows"])
 
     def combine(self, parts: list[Tensor], feature: int | None) -> Tensor:
         k = self.cfg.hashes

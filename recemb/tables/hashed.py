@@ -241,8 +241,7 @@ class HashedEmbedding(ProbeEmbedding):
         rows = sized_rows("Hashed", cfg, schema, [m[0].cardinality for m in tables.values()], cfg.dim, cfg.buckets)
         specs = [TableSpec(name, r, cfg.dim, init_std=cfg.init_std) for name, r in zip(tables, rows)]
         rows_of = dict(zip(tables, rows))
-        # own_rows: the ids below it read their own row (a table with a row per id); 0: none do
-        own = {t: r if r == members[0].cardinality else 0 for (t, members), r in zip(tables.items(), rows)}
+        own = {t: own_rows(r, members[0].cardinality) for (t, members), r in zip(tables.items(), rows)}
         probes = [
             [Probe(f"{f.name}#0", t, {"salt": feature_salt(cfg.seed, t), "rows": rows_of[t], "own_rows": own[t]})]
             for f, t in ((f, f.table_name) for f in schema.sparse)
@@ -255,6 +254,12 @@ class HashedEmbedding(ProbeEmbedding):
 
     def store_rows(self, ids: Tensor, args: dict[str, int | Tensor | Runs], probe: int) -> Tensor:
         return hash_to_buckets(ids, args["salt"], args["rows"], self._arg_max["rows"], args["own_rows"])
+
+
+def own_rows(rows: int, cardinality: int) -> int:
+    """`hash_to_buckets`' own_rows for a table of `rows` rows read by ids below `cardinality`:
+    every id reads its own row when the table has one per id, else none does (0)."""
+    return rows if rows == cardinality else 0
 
 
 def sized_rows(

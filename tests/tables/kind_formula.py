@@ -8,6 +8,7 @@ import torch
 from torch.testing import assert_close
 
 from recemb.features import FeatureSpec, Schema
+from recemb.hashing import hash_to_buckets
 from recemb.storage import EmbeddingOptimizer, StoreSettings
 
 SCHEMA = Schema(
@@ -32,6 +33,15 @@ RAW = {  # any int64 is a valid raw id for a hashing kind
     "tags": [[-1, 10**12], [], [7], [-(2**40), 3]],
 }
 BIG = Schema(tuple(FeatureSpec(f"C{i}", c) for i, c in enumerate((3, 20, 1000, 50_000, 200_000))))
+
+
+def formula_rows(ids: torch.Tensor, salt: int, rows: int, cardinality: int, own: bool = True) -> torch.Tensor:
+    """The rows a hashing kind's formula reads: hashed, except that in a table with a row per
+    id (and `own`), ids in range read their own row."""
+    hashed = hash_to_buckets(ids, salt, rows)
+    if own and rows == cardinality:
+        return torch.where((ids >= 0) & (ids < rows), ids, hashed)
+    return hashed
 
 
 def pool(spec: FeatureSpec, vectors: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kind_formula import BAGS, BIG, RAW, SCHEMA, check_formula, pool, sgd
+from kind_formula import BAGS, BIG, RAW, SCHEMA, check_formula, formula_rows, pool, sgd
 from torch.testing import assert_close
 
-from recemb.hashing import feature_salt, hash_to_buckets
+from recemb.hashing import feature_salt
 from recemb.storage import STORES, StoreSettings
 from recemb.tables import Full, Hashed, build_embedding
 from recemb.tables.budget import fill_rows, full_bytes
@@ -24,11 +24,8 @@ def test_hashed_equals_its_formula(backend, bags, make_kjt):
 
     def bag(f, ids, w):
         t = f.table_name
-        ids = torch.tensor(ids, dtype=torch.int64)
-        r = hash_to_buckets(ids, feature_salt(cfg.seed, t, 0), rows[t])
-        if rows[t] == f.cardinality:  # genres: a row per id, so in-range ids are not hashed
-            r = torch.where((ids >= 0) & (ids < f.cardinality), ids, r)
-        return pool(f, w[t][r])
+        r = formula_rows(torch.tensor(ids, dtype=torch.int64), feature_salt(cfg.seed, t, 0), rows[t], f.cardinality)
+        return pool(f, w[t][r])  # genres has a row per id: its in-range ids are not hashed
 
     check_formula(module, make_kjt, bag, bags)
 
