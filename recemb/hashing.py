@@ -311,7 +311,7 @@ def _native_ok(ids: Tensor, salt: int | Tensor | Runs, buckets: int | Tensor | R
     """Whether the kernel takes these (past `_numpy_ok`): a size below 2**63; tensors of the
     ids' shape (numpy would broadcast others); Runs of 1-d ids, over the same runs and not
     mixed with tensors."""
-    if isinstance(buckets, int) and buckets > MASK63 or isinstance(own_rows, int) and own_rows > MASK63:
+    if (isinstance(buckets, int) and buckets > MASK63) or (isinstance(own_rows, int) and own_rows > MASK63):
         return False
     args = (salt, buckets, own_rows)
     runs = [a for a in args if isinstance(a, Runs)]

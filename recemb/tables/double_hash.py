@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from recemb.features import Schema
-from recemb.hashing import Runs, feature_salt, hash_to_buckets
+from recemb.hashing import feature_salt
 from recemb.storage import StoreSettings, TableSpec
 from recemb.tables.budget import check_budget_fields
 from recemb.tables.hashed import STORE_DIM_MULTIPLE, Probe, ProbeEmbedding, own_rows, sized_rows
@@ -81,8 +81,6 @@ class DoubleHashEmbedding(ProbeEmbedding):
     """Key `C1#i` reads hash i of C1's ids; the k vectors are summed or concatenated. A sum
     starts each table at init_std/sqrt(k), so the summed vector has a full table's spread."""
 
-    hash_args = ("salt", "rows", "own_rows")
-
     def __init__(self, schema: Schema, cfg: DoubleHash, settings: StoreSettings) -> None:
         super().__init__(schema, settings)
         self.cfg = cfg
@@ -119,9 +117,6 @@ class DoubleHashEmbedding(ProbeEmbedding):
     @property
     def dim(self) -> int:
         return self.cfg.dim
-
-    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor | Runs], probe: int) -> Tensor:
-        return hash_to_buckets(ids, args["salt"], args["rows"], self._arg_max["rows"], args["own_rows"])
 
     def combine(self, parts: list[Tensor], feature: int | None) -> Tensor:
         if self.cfg.combine == "concat":

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from recemb.features import Schema
-from recemb.hashing import Runs, feature_salt, hash_to_buckets
+from recemb.hashing import feature_salt
 from recemb.storage import StoreSettings, TableSpec
 from recemb.storage.layout import BYTES_PER_FLOAT
 from recemb.tables.budget import budget_floats, check_budget_fields, fill_rows, too_small
@@ -77,8 +77,6 @@ class HashEmbeddingEmbedding(ProbeEmbedding):
     `t#weights` of weight_rows x ceil4(k); feature C1 reads keys `C1#0`..`C1#{k-1}` (its
     components) and `C1#w` (its importance weights)."""
 
-    hash_args = ("salt", "rows", "own_rows")
-
     def __init__(self, schema: Schema, cfg: HashEmbedding, settings: StoreSettings) -> None:
         super().__init__(schema, settings)
         self.cfg = cfg
@@ -121,9 +119,6 @@ class HashEmbeddingEmbedding(ProbeEmbedding):
     @property
     def dim(self) -> int:
         return self.cfg.dim
-
-    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor | Runs], probe: int) -> Tensor:
-        return hash_to_buckets(ids, args["salt"], args["rows"], self._arg_max["rows"], args["own_rows"])
 
     def combine(self, parts: list[Tensor], feature: int | None) -> Tensor:
         k = self.cfg.hashes

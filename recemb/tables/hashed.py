@@ -58,7 +58,7 @@ class ProbeEmbedding(TableEmbedding):
     hash kernel reads without an [N] array.
     """
 
-    hash_args: ClassVar[tuple[str, ...]] = ()
+    hash_args: ClassVar[tuple[str, ...]] = ("salt", "rows", "own_rows")
 
     def _setup(self, tables: list[TableSpec], probes: list[list[Probe]]) -> None:
         self._tables = tuple(tables)
@@ -102,8 +102,9 @@ class ProbeEmbedding(TableEmbedding):
     def store_rows(self, ids: Tensor, args: dict[str, int | Tensor | Runs], probe: int) -> Tensor:
         """Rows [N] of probe `probe` for raw ids [N] int64 (probes come in order 0, 1, ...);
         `args[name]` is an int, or where the features' values differ a tensor [N] (Runs for
-        the names in `hash_args`)."""
-        raise NotImplementedError
+        the names in `hash_args`). By default a probe's args are its `salt`, its table's
+        `rows` and `own_rows` (see `own_rows`): the ids hashed into the table."""
+        return hash_to_buckets(ids, args["salt"], args["rows"], self._arg_max["rows"], args["own_rows"])
 
     def combine(self, parts: list[Tensor], feature: int | None) -> Tensor:
         """A feature's probe vectors, parts[p] [..., w_p], -> its vector [..., D]. `feature`
@@ -208,8 +209,9 @@ class Hashed:
     """Settings for HashedEmbedding.
 
     buckets: rows of each table, min(cardinality, buckets); default 2**18 unless a budget
-    sets them. A table with a row per id maps in-range ids to their own rows, unhashed. budget (bytes) or budget_ratio (of `full`'s bytes): rows sized to fit, small
-    tables first kept whole, large ones capped alike. seed: salts of the hashes.
+    sets them; a table with a row per id maps in-range ids to their own rows, unhashed.
+    budget (bytes) or budget_ratio (of `full`'s bytes): rows sized to fit, small tables
+    first kept whole, large ones capped alike. seed: salts of the hashes.
     """
 
     kind: ClassVar[str] = "hashed"
@@ -232,8 +234,6 @@ class HashedEmbedding(ProbeEmbedding):
     """One hashed table per logical table, read once per feature (key `C1#0`). Features sharing
     a table share its salt, so a target item and a history of items read the same rows."""
 
-    hash_args = ("salt", "rows", "own_rows")
-
     def __init__(self, schema: Schema, cfg: Hashed, settings: StoreSettings) -> None:
         super().__init__(schema, settings)
         self.cfg = cfg
@@ -251,9 +251,6 @@ class HashedEmbedding(ProbeEmbedding):
     @property
     def dim(self) -> int:
         return self.cfg.dim
-
-    def store_rows(self, ids: Tensor, args: dict[str, int | Tensor | Runs], probe: int) -> Tensor:
-        return hash_to_buckets(ids, args["salt"], args["rows"], self._arg_max["rows"], args["own_rows"])
 
 
 def own_rows(rows: int, cardinality: int) -> int:
