@@ -10,13 +10,16 @@
 //                         which is cheaper than writing and reading [B, H, F, F] probabilities)
 // Scores are scaled by `scale` (1/sqrt(d) for scaled dot-product attention).
 //
-// Sizes are compile-time constants: the head width D (4, 8, 16 or 32) and the number of
-// fields rounded up to FP, a multiple of 16 up to 64. A score row is FP/16 vectors of 16
-// floats (GCC/Clang vector extensions: the compiler maps them to the machine's registers,
-// AVX-512, AVX2 or SSE), and query rows go kRows at a time so that independent accumulators
-// hide the latency of the multiply-adds. Padded fields get probability 0 and zero keys and
-// values; padded query rows read a zero query and carry a zero output gradient, and are
-// discarded. exp is a polynomial accurate to a few float ulps.
+// Vector lanes run over query fields: 16 queries at a time (a Vec; GCC/Clang vector extensions,
+// which the compiler maps to AVX-512, AVX2 or SSE registers), with the queries transposed once
+// into a [d][16] tile. Then a score, its softmax and the probability-weighted sum of values are
+// vertical operations, key field by key field, with keys and values read in place as scalars;
+// nothing is summed across lanes. The two products that sum over queries in backward (dK and dV)
+// run with lanes over the head width instead (a Row of d floats), reading the probabilities
+// kept from the first pass. Sizes are compile-time constants: the head width D (4, 8, 16 or 32)
+// and the number of query lanes FP (F rounded up to a multiple of 16, at most 64). Padded query
+// lanes read a zero query and carry a zero output gradient, and are never written. exp is a
+// polynomial accurate to a few float ulps.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -28,29 +31,17 @@
 
 namespace {
 
-constexpr int kLanes = 16;  // floats per score vector: FP is a multiple of it
-constexpr int kRows = 4;    // query rows per block
+constexpr int kLanes = 16;  // query fields per Vec: FP is a multiple of it
+constexpr int kKeys = 4;    // key fields per block in the dK / dV products
 
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t IVec __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 inline Vec splat(float x) { return Vec{} + x; }
 
-inline float lane_max(Vec x) {
-  float m = x[0];
-  for (int l = 1; l < kLanes; ++l) m = std::max(m, x[l]);
-  return m;
-}
-
-inline float lane_sum(Vec x) {
-  float t = 0.0f;
-  for (int l = 0; l < kLanes; ++l) t += x[l];
-  return t;
-}
-
 // exp(x) for x <= 0: 2^n * p(r) with x = n ln2 + r, |r| <= ln2/2, p a degree-6 Taylor
 // polynomial (relative error < 2e-7). Below -87 (exp ~ 1.6e-38, still a normal float) it
-// returns exp(-87); callers multiply padding by 0.
+// returns exp(-87).
 inline Vec exp_nonpositive(Vec x) {
   const Vec y = x < -87.0f ? splat(-87.0f) : x;
   // round to nearest: truncation of t - 0.5 for t <= 0
@@ -70,174 +61,173 @@ inline Vec exp_nonpositive(Vec x) {
   return p * two_n;
 }
 
-// One (sample, head): its keys and values gathered into padded fixed-size tiles.
-template <int D, int FP>
-struct Problem {
-  static constexpr int NV = FP / kLanes;  // vectors per score row
-  const float* __restrict__ base;         // field f's q at base + f * row, k at + H * D, v at + 2 * H * D
+// log(x) for x >= 1 (a softmax's sum, whose largest term is 1): x = 2^n m with m in
+// [sqrt(1/2), sqrt(2)), log m = 2 atanh(t), t = (m - 1) / (m + 1), |t| < 0.172, by its series
+// to t^9 (relative error < 1e-9 before rounding).
+inline Vec log_at_least_one(Vec x) {
+  IVec bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  IVec n = (bits >> 23) - 127;
+  bits = (bits & 0x007fffff) | 0x3f800000;  // the mantissa m in [1, 2)
+  Vec m;
+  std::memcpy(&m, &bits, sizeof(m));
+  const auto high = m > 1.41421356f;  // lanes of -1 (true) or 0
+  m = high ? m * 0.5f : m;
+  n -= high;
+  const Vec t = (m - 1.0f) / (m + 1.0f), t2 = t * t;
+  Vec series = splat(1.0f / 9.0f);
+  series = series * t2 + 1.0f / 7.0f;
+  series = series * t2 + 1.0f / 5.0f;
+  series = series * t2 + 1.0f / 3.0f;
+  series = series * t2 + 1.0f;
+  return __builtin_convertvector(n, Vec) * 0.693147180559945f + 2.0f * t * series;
+}
+
+// One (sample, head) of qkv [B, F, 3, H, D]: field f's query at base + f * row, its key
+// H * D further, its value 2 * H * D further.
+template <int D>
+struct Fields {
+  // d floats of one field (unaligned loads and stores through memcpy)
+  typedef float Row __attribute__((vector_size(D * sizeof(float))));
+
+  const float* __restrict__ base;
   int64_t F, H, row;
-  alignas(64) Vec kt[D][NV];              // keys transposed and scaled; padded fields 0
-  alignas(64) float v[FP][D];             // values; padded fields 0
-  alignas(64) float zero[D];              // the query of padded rows
 
-  Problem(const float* b, int64_t fields, int64_t heads, float scale)
-      : base(b), F(fields), H(heads), row(3 * heads * D) {
-    float* kt_flat = reinterpret_cast<float*>(kt);
-    std::fill(kt_flat, kt_flat + D * FP, 0.0f);
-    std::fill(&v[0][0], &v[0][0] + FP * D, 0.0f);
-    std::fill(zero, zero + D, 0.0f);
-    for (int64_t g = 0; g < F; ++g) {
-      const float* k = key(g);
-      const float* val = value(g);
-      for (int e = 0; e < D; ++e) {
-        kt_flat[e * FP + g] = k[e] * scale;
-        v[g][e] = val[e];
-      }
-    }
-  }
+  Fields(const float* b, int64_t fields, int64_t heads) : base(b), F(fields), H(heads), row(3 * heads * D) {}
 
-  const float* query(int64_t f) const { return f < F ? base + f * row : zero; }
+  const float* query(int64_t f) const { return base + f * row; }
   const float* key(int64_t g) const { return base + g * row + H * D; }
   const float* value(int64_t g) const { return base + g * row + 2 * H * D; }
 
-  // s[i] = <q_i, k_g> * scale + pad_g for rows f0 .. f0 + kRows - 1.
-  void scores(int64_t f0, const Vec (&pad)[NV], Vec (&s)[kRows][NV]) const {
-    const float* q[kRows];
-    for (int i = 0; i < kRows; ++i) q[i] = query(f0 + i);
-    for (int i = 0; i < kRows; ++i)
-      for (int n = 0; n < NV; ++n) s[i][n] = pad[n];
-    for (int e = 0; e < D; ++e)
-      for (int i = 0; i < kRows; ++i) {
-        const float qe = q[i][e];
-        for (int n = 0; n < NV; ++n) s[i][n] += qe * kt[e][n];
-      }
+  static Row load(const float* p) {
+    Row r;
+    std::memcpy(&r, p, sizeof(r));
+    return r;
   }
-
-  // acc[i] = sum_g p[i][g] * v[g] (a probability-weighted sum of value rows).
-  void weighted_values(const float (&p)[kRows][FP], float (&acc)[kRows][D]) const {
-    for (int i = 0; i < kRows; ++i) std::fill(acc[i], acc[i] + D, 0.0f);
-    for (int g = 0; g < FP; ++g)
-      for (int i = 0; i < kRows; ++i) {
-        const float pg = p[i][g];
-        for (int e = 0; e < D; ++e) acc[i][e] += pg * v[g][e];
-      }
-  }
+  static void store(float* p, const Row& r) { std::memcpy(p, &r, sizeof(r)); }
 };
 
-// Per call: 0 for real fields, -1e30 for padding (added to scores, it leaves the maximum alone),
-// and the mask 1 / 0 that zeroes padding's probabilities.
-template <int FP>
-struct Padding {
-  static constexpr int NV = FP / kLanes;
-  alignas(64) Vec pad[NV];
-  alignas(64) Vec mask[NV];
-  explicit Padding(int64_t F) {
-    for (int n = 0; n < NV; ++n)
-      for (int l = 0; l < kLanes; ++l) {
-        const bool real = n * kLanes + l < F;
-        pad[n][l] = real ? 0.0f : -1e30f;
-        mask[n][l] = real ? 1.0f : 0.0f;
-      }
-  }
-};
-
+// rows [F][stride] -> tile[e][f] = rows[f][e] * factor, lanes f >= F set to 0.
 template <int D, int FP>
-void forward_problem(const Problem<D, FP>& pb, const Padding<FP>& padding, float* __restrict__ out,
-                     float* __restrict__ lse) {
-  constexpr int NV = FP / kLanes;
-  const int64_t out_row = pb.H * D;  // stride between fields in out
-  for (int64_t f0 = 0; f0 < pb.F; f0 += kRows) {
-    alignas(64) Vec s[kRows][NV];
-    alignas(64) float p[kRows][FP];
-    float row_lse[kRows];
-    pb.scores(f0, padding.pad, s);
-    for (int i = 0; i < kRows; ++i) {
-      Vec top = s[i][0];
-      for (int n = 1; n < NV; ++n) top = top > s[i][n] ? top : s[i][n];
-      const float m = lane_max(top);
-      Vec total = Vec{};
-      for (int n = 0; n < NV; ++n) {
-        s[i][n] = exp_nonpositive(s[i][n] - m) * padding.mask[n];
-        total += s[i][n];
-      }
-      const float sum = lane_sum(total);
-      const Vec inv = splat(1.0f / sum);
-      for (int n = 0; n < NV; ++n) std::memcpy(&p[i][n * kLanes], &(s[i][n] = s[i][n] * inv), sizeof(Vec));
-      row_lse[i] = m + std::log(sum);
-    }
-    float acc[kRows][D];
-    pb.weighted_values(p, acc);
-    const int count = static_cast<int>(std::min<int64_t>(kRows, pb.F - f0));
-    for (int i = 0; i < count; ++i) {
-      std::copy(acc[i], acc[i] + D, out + (f0 + i) * out_row);
-      lse[f0 + i] = row_lse[i];
-    }
-  }
+void transpose_in(const float* rows, int64_t stride, int64_t F, float factor, Vec (&tile)[D][FP / kLanes]) {
+  float* flat = reinterpret_cast<float*>(tile);
+  for (int e = 0; e < D; ++e) std::fill(flat + e * FP + F, flat + (e + 1) * FP, 0.0f);
+  for (int64_t f = 0; f < F; ++f)
+    for (int e = 0; e < D; ++e) flat[e * FP + f] = rows[f * stride + e] * factor;
+}
+
+// tile[e][f] -> rows[f][e] for f < F.
+template <int D, int FP>
+void transpose_out(const Vec (&tile)[D][FP / kLanes], int64_t F, float* rows, int64_t stride) {
+  const float* flat = reinterpret_cast<const float*>(tile);
+  for (int64_t f = 0; f < F; ++f)
+    for (int e = 0; e < D; ++e) rows[f * stride + e] = flat[e * FP + f];
+}
+
+// s = <q, k_g> for 16 queries (qt: their transposed, scaled queries). Four partial sums: one
+// chain of D dependent multiply-adds would wait on each one's latency.
+template <int D>
+inline Vec score(const Vec* qt, int nv, const float* __restrict__ k) {
+  constexpr int kParts = 4;  // D is a multiple of it
+  Vec part[kParts] = {};
+  for (int e = 0; e < D; ++e) part[e % kParts] += k[e] * qt[e * nv];
+  return (part[0] + part[1]) + (part[2] + part[3]);
 }
 
 template <int D, int FP>
-void backward_problem(const Problem<D, FP>& pb, const Padding<FP>& padding, const float* __restrict__ dout,
-                      const float* __restrict__ lse, float scale, float* __restrict__ grad) {
+void forward_problem(const Fields<D>& x, float scale, float* __restrict__ out, float* __restrict__ lse) {
   constexpr int NV = FP / kLanes;
-  const int64_t out_row = pb.H * D;
-  alignas(64) Vec vt[D][NV];   // values transposed
-  alignas(64) Vec dkt[D][NV];  // dK, dV transposed: sums over query rows
-  alignas(64) Vec dvt[D][NV];
-  alignas(64) float k[FP][D];  // keys unscaled, for dQ; padded fields 0
-  for (int e = 0; e < D; ++e)
-    for (int n = 0; n < NV; ++n) dkt[e][n] = dvt[e][n] = Vec{};
-  for (int g = 0; g < FP; ++g)
-    for (int e = 0; e < D; ++e) {
-      vt[e][g / kLanes][g % kLanes] = pb.v[g][e];
-      k[g][e] = g < pb.F ? pb.key(g)[e] : 0.0f;
+  alignas(64) Vec qt[D][NV];
+  transpose_in<D, FP>(x.query(0), x.row, x.F, scale, qt);
+  alignas(64) Vec ot[D][NV];
+  alignas(64) float row_lse[FP];
+  for (int n = 0; n < NV; ++n) {
+    alignas(64) Vec s[FP];  // scores of these 16 queries against key g
+    Vec top = splat(-INFINITY);
+    for (int64_t g = 0; g < x.F; ++g) {
+      s[g] = score<D>(&qt[0][n], NV, x.key(g));
+      top = top > s[g] ? top : s[g];
     }
-  for (int64_t f0 = 0; f0 < pb.F; f0 += kRows) {
-    const int count = static_cast<int>(std::min<int64_t>(kRows, pb.F - f0));
-    alignas(64) Vec s[kRows][NV];
-    alignas(64) float ds[kRows][FP];
-    float dO[kRows][D], q[kRows][D];
-    for (int i = 0; i < kRows; ++i) {
-      const bool real = i < count;
-      for (int e = 0; e < D; ++e) {
-        dO[i][e] = real ? dout[(f0 + i) * out_row + e] : 0.0f;
-        q[i][e] = pb.query(f0 + i)[e];
-      }
+    // out = sum_g exp(s_g - top) v_g / sum_g exp(s_g - top)
+    Vec acc[D] = {}, total = Vec{};
+    for (int64_t g = 0; g < x.F; ++g) {
+      const Vec p = exp_nonpositive(s[g] - top);
+      total += p;
+      const float* v = x.value(g);
+      for (int e = 0; e < D; ++e) acc[e] += v[e] * p;
     }
-    pb.scores(f0, padding.pad, s);
-    for (int i = 0; i < kRows; ++i) {
-      const float row_lse = lse[i < count ? f0 + i : f0];
-      // P = exp(S - lse); dP[g] = <dO_i, V_g>; dS = P * (dP - <P_i, dP_i>) * scale
-      Vec dp[NV], dot = Vec{};
-      for (int n = 0; n < NV; ++n) {
-        s[i][n] = exp_nonpositive(s[i][n] - row_lse) * padding.mask[n];
-        dp[n] = Vec{};
-      }
-      for (int e = 0; e < D; ++e)
-        for (int n = 0; n < NV; ++n) dp[n] += dO[i][e] * vt[e][n];
-      for (int n = 0; n < NV; ++n) dot += s[i][n] * dp[n];
-      const float delta = lane_sum(dot);
-      for (int n = 0; n < NV; ++n) {
-        const Vec dsn = s[i][n] * (dp[n] - delta) * scale;
-        std::memcpy(&ds[i][n * kLanes], &dsn, sizeof(Vec));
-        // dV_g += P[i, g] dO_i; dK_g += dS[i, g] q_i (transposed: vectors over g)
-        for (int e = 0; e < D; ++e) {
-          dvt[e][n] += s[i][n] * dO[i][e];
-          dkt[e][n] += dsn * q[i][e];
-        }
-      }
-    }
-    // dQ_i = sum_g dS[i, g] K_g
-    float dq[kRows][D] = {};
-    for (int g = 0; g < FP; ++g)
-      for (int i = 0; i < kRows; ++i)
-        for (int e = 0; e < D; ++e) dq[i][e] += ds[i][g] * k[g][e];
-    for (int i = 0; i < count; ++i) std::copy(dq[i], dq[i] + D, grad + (f0 + i) * pb.row);
+    const Vec inv = 1.0f / total;
+    for (int e = 0; e < D; ++e) ot[e][n] = acc[e] * inv;
+    const Vec lse_n = top + log_at_least_one(total);
+    std::memcpy(row_lse + n * kLanes, &lse_n, sizeof(Vec));
   }
-  for (int64_t g = 0; g < pb.F; ++g)
-    for (int e = 0; e < D; ++e) {
-      grad[g * pb.row + pb.H * D + e] = dkt[e][g / kLanes][g % kLanes];
-      grad[g * pb.row + 2 * pb.H * D + e] = dvt[e][g / kLanes][g % kLanes];
+  transpose_out<D, FP>(ot, x.F, out, x.H * D);
+  std::copy(row_lse, row_lse + x.F, lse);
+}
+
+template <int D, int FP>
+void backward_problem(const Fields<D>& x, const float* __restrict__ dout, const float* __restrict__ lse, float scale,
+                      float* __restrict__ grad) {
+  using Row = typename Fields<D>::Row;
+  constexpr int NV = FP / kLanes;
+  const int64_t F = x.F, out_row = x.H * D;
+  alignas(64) Vec qt[D][NV];   // queries, scaled, transposed
+  alignas(64) Vec dot[D][NV];  // output gradients transposed; padded lanes 0, which zeroes their dS
+  alignas(64) Vec dqt[D][NV];
+  alignas(64) float lse_t[FP];
+  transpose_in<D, FP>(x.query(0), x.row, F, scale, qt);
+  transpose_in<D, FP>(dout, out_row, F, 1.0f, dot);
+  std::copy(lse, lse + F, lse_t);
+  std::fill(lse_t + F, lse_t + FP, 0.0f);
+  // P^T and dS^T: [key g][query i]; rows up to F rounded up to kKeys are read by the dK / dV blocks
+  constexpr int GP = FP;  // F <= FP and FP is a multiple of kKeys
+  alignas(64) float pt[GP][FP];
+  alignas(64) float dst[GP][FP];
+  for (int n = 0; n < NV; ++n) {
+    Vec row_lse;
+    std::memcpy(&row_lse, lse_t + n * kLanes, sizeof(Vec));
+    // P = exp(S - lse); dP_g = <dO, v_g>; delta = sum_g P_g dP_g
+    Vec delta = Vec{};
+    for (int64_t g = 0; g < F; ++g) {
+      const Vec p = exp_nonpositive(score<D>(&qt[0][n], NV, x.key(g)) - row_lse);
+      const Vec dp = score<D>(&dot[0][n], NV, x.value(g));
+      delta += p * dp;
+      std::memcpy(&pt[g][n * kLanes], &p, sizeof(Vec));
+      std::memcpy(&dst[g][n * kLanes], &dp, sizeof(Vec));
     }
+    // dS = P (dP - delta) scale; dQ = sum_g dS_g k_g
+    Vec dq[D] = {};
+    for (int64_t g = 0; g < F; ++g) {
+      Vec p, dp;
+      std::memcpy(&p, &pt[g][n * kLanes], sizeof(Vec));
+      std::memcpy(&dp, &dst[g][n * kLanes], sizeof(Vec));
+      const Vec ds = p * (dp - delta) * scale;
+      std::memcpy(&dst[g][n * kLanes], &ds, sizeof(Vec));
+      const float* k = x.key(g);
+      for (int e = 0; e < D; ++e) dq[e] += k[e] * ds;
+    }
+    for (int e = 0; e < D; ++e) dqt[e][n] = dq[e];
+  }
+  transpose_out<D, FP>(dqt, F, grad, x.row);
+  // dV_g = sum_i P[i, g] dO_i and dK_g = sum_i dS[i, g] q_i, kKeys keys at a time
+  const int64_t padded_keys = (F + kKeys - 1) / kKeys * kKeys;
+  for (int64_t g = F; g < padded_keys; ++g) std::fill(pt[g], pt[g] + FP, 0.0f), std::fill(dst[g], dst[g] + FP, 0.0f);
+  for (int64_t g0 = 0; g0 < F; g0 += kKeys) {
+    Row dv[kKeys] = {}, dk[kKeys] = {};
+    for (int64_t i = 0; i < F; ++i) {
+      const Row o = Fields<D>::load(dout + i * out_row);
+      const Row q = Fields<D>::load(x.query(i));
+      for (int j = 0; j < kKeys; ++j) {
+        dv[j] += pt[g0 + j][i] * o;
+        dk[j] += dst[g0 + j][i] * q;
+      }
+    }
+    const int count = static_cast<int>(std::min<int64_t>(kKeys, F - g0));
+    for (int j = 0; j < count; ++j) {
+      Fields<D>::store(grad + (g0 + j) * x.row + x.H * D, dk[j]);
+      Fields<D>::store(grad + (g0 + j) * x.row + 2 * x.H * D, dv[j]);
+    }
+  }
 }
 
 struct Shape {
@@ -255,36 +245,32 @@ Shape shape_of(const at::Tensor& qkv) {
   return s;
 }
 
-// Calls body(problem, padding, task, out_offset, in_offset) for every (sample, head) in
-// parallel: task = b * H + h; out_offset locates the problem in [B, F, H, d] tensors,
-// in_offset in [B, F, 3, H, d] ones.
-template <int D, int FP, typename Body>
-void for_each_problem(const Shape& s, const float* in, float scale, const Body& body) {
+// Calls body(fields, task, out_offset, in_offset) for every (sample, head) in parallel:
+// task = b * H + h; out_offset locates the problem in [B, F, H, d] tensors, in_offset in
+// [B, F, 3, H, d] ones.
+template <int D, typename Body>
+void for_each_problem(const Shape& s, const float* in, const Body& body) {
   const int64_t F = s.fields, H = s.heads;
-  const Padding<FP> padding(F);
   at::parallel_for(0, s.batch * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / H, h = task % H;
       const int64_t in_offset = b * F * 3 * H * D + h * D;
-      const Problem<D, FP> pb(in + in_offset, F, H, scale);
-      body(pb, padding, task, b * F * H * D + h * D, in_offset);
+      body(Fields<D>(in + in_offset, F, H), task, b * F * H * D + h * D, in_offset);
     }
   });
 }
 
 template <int D, int FP>
 void forward_all(const Shape& s, const float* in, float* out, float* lse, float scale) {
-  for_each_problem<D, FP>(s, in, scale, [&](const Problem<D, FP>& pb, const Padding<FP>& padding, int64_t task,
-                                            int64_t out_offset, int64_t) {
-    forward_problem(pb, padding, out + out_offset, lse + task * s.fields);
+  for_each_problem<D>(s, in, [&](const Fields<D>& x, int64_t task, int64_t out_offset, int64_t) {
+    forward_problem<D, FP>(x, scale, out + out_offset, lse + task * s.fields);
   });
 }
 
 template <int D, int FP>
 void backward_all(const Shape& s, const float* in, const float* lse, const float* dout, float* grad, float scale) {
-  for_each_problem<D, FP>(s, in, scale, [&](const Problem<D, FP>& pb, const Padding<FP>& padding, int64_t task,
-                                            int64_t out_offset, int64_t in_offset) {
-    backward_problem(pb, padding, dout + out_offset, lse + task * s.fields, scale, grad + in_offset);
+  for_each_problem<D>(s, in, [&](const Fields<D>& x, int64_t task, int64_t out_offset, int64_t in_offset) {
+    backward_problem<D, FP>(x, dout + out_offset, lse + task * s.fields, scale, grad + in_offset);
   });
 }
 

@@ -57,6 +57,19 @@ def test_kernel_matches_the_reference_values_and_gradients(batch, fields, heads,
 
 
 @needs_kernel
+@pytest.mark.parametrize("fields, width", [(5, 4), (26, 8), (64, 32)])
+def test_kernel_saves_each_score_rows_log_sum_exp(fields, width):
+    """lse [B, H, F], from which backward recomputes the softmax, against torch.logsumexp;
+    rows whose scores are far apart too (a sum of exponentials near 1) and close (near F)."""
+    gen = torch.Generator().manual_seed(fields)
+    qkv = torch.randn(6, fields, 3, 2, width, generator=gen) * torch.tensor([0.1, 1.0, 4.0]).repeat(2).view(6, 1, 1, 1, 1)
+    _, lse = KERNEL.forward(qkv, width**-0.5)
+    q, k, _ = qkv.double().unbind(2)
+    want = torch.einsum("bfhd,bghd->bhfg", q, k).mul(width**-0.5).logsumexp(-1)  # [B, H, F]
+    assert_close(lse.double(), want, atol=2e-6, rtol=1e-6)
+
+
+@needs_kernel
 def test_kernel_is_the_path_taken_and_agrees_with_sdpa(monkeypatch):
     calls = []
     apply = field_attention._NativeFieldAttention.apply
