@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recemb.models.base import MLP, CTRModel, DenseFields
-from recemb.models.field_attention import field_self_attention
+from recemb.models.field_attention import projected_field_attention
 from recemb.tables.base import TableEmbedding
 
 
@@ -67,8 +67,8 @@ class InteractingLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch, fields, _ = x.shape
-        qkv = self.qkv(x).view(batch, fields, 3, self.heads, self.attention_dim)
-        out = field_self_attention(qkv, self.attention_dim**-0.5)  # [B, F, H, d']
+        # = field_self_attention(self.qkv(x) viewed [B, F, 3, H, d']), qkv made in the kernel
+        out = projected_field_attention(x, self.qkv.weight, self.heads, self.attention_dim**-0.5)  # [B, F, H, d']
         out = out.reshape(batch, fields, self.heads * self.attention_dim)
         if self.res is not None:
             out = out + self.res(x)

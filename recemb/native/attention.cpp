@@ -20,6 +20,9 @@
 // and the number of query lanes FP (F rounded up to a multiple of 16, at most 64). Padded query
 // lanes read a zero query and carry a zero output gradient, and are never written. exp is a
 // polynomial accurate to a few float ulps.
+//
+// A second pair of entry points (projected_*) takes the layer's input x [B, F, in] and the
+// projection's weight instead of qkv, and makes each sample's qkv in cache (see below).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -28,6 +31,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -283,8 +287,8 @@ void dispatch_fields(int64_t fields, Args&&... args) {
   return Fn::template run<D, 64>(args...);
 }
 
-template <typename Fn, typename... Args>
-void dispatch(const Shape& s, Args&&... args) {
+template <typename Fn, typename S, typename... Args>
+void dispatch(const S& s, Args&&... args) {
   switch (s.dim) {
     case 4: return dispatch_fields<4, Fn>(s.fields, s, args...);
     case 8: return dispatch_fields<8, Fn>(s.fields, s, args...);
@@ -301,6 +305,144 @@ struct Forward {
 struct Backward {
   template <int D, int FP, typename... Args>
   static void run(Args&&... args) { backward_all<D, FP>(args...); }
+};
+
+
+// -- The same attention with its q/k/v projection fused in --------------------------------------
+// x [B, F, in] and the projection's weight w [3 H d, in] (nn.Linear's layout, rows ordered
+// (3, H, d)) instead of qkv: each sample's qkv [F, 3 H d] = x_b w^T is made in a buffer that
+// stays in cache, used by the per-head problems above, and never written out; backward makes
+// it again (cheaper than writing and reading it: in ~ 16 against 3 H d ~ 48 floats per field)
+// and turns the sample's dqkv into dx_b = dqkv w and a share of dw = sum_b dqkv^T x_b.
+
+// wt [in][3 H d] = w^T, so that a field's projection is a sum of rows of wt (vectors over 3 H d).
+std::vector<float> transposed(const float* w, int64_t rows, int64_t cols) {
+  std::vector<float> t(rows * cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) t[c * rows + r] = w[r * cols + c];
+  return t;
+}
+
+// out (+)= A B for small A [rows][depth] (element (r, j) at a[r * a_row + j * a_col]) and
+// B [depth][cols] (row-major): tiles of 4 rows x 16 columns, whose 4 accumulators are
+// independent chains of multiply-adds; columns past the last full 16 go one at a time.
+template <bool kAccumulate>
+void small_matmul(const float* __restrict__ a, int64_t a_row, int64_t a_col, int64_t rows, int64_t depth,
+                  const float* __restrict__ b, int64_t cols, float* __restrict__ out) {
+  constexpr int kTileRows = 4;
+  const int64_t full_cols = cols / kLanes * kLanes;
+  for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+    const int count = static_cast<int>(std::min<int64_t>(kTileRows, rows - r0));
+    const float* ar[kTileRows];
+    for (int i = 0; i < kTileRows; ++i) ar[i] = a + std::min<int64_t>(r0 + i, rows - 1) * a_row;  // past rows: a repeat
+    for (int64_t c0 = 0; c0 < full_cols; c0 += kLanes) {
+      Vec acc[kTileRows] = {};
+      for (int64_t j = 0; j < depth; ++j) {
+        Vec bj;
+        std::memcpy(&bj, b + j * cols + c0, sizeof(Vec));
+        for (int i = 0; i < kTileRows; ++i) acc[i] += ar[i][j * a_col] * bj;
+      }
+      for (int i = 0; i < count; ++i) {
+        float* o = out + (r0 + i) * cols + c0;
+        if (kAccumulate) {
+          Vec prev;
+          std::memcpy(&prev, o, sizeof(Vec));
+          acc[i] += prev;
+        }
+        std::memcpy(o, &acc[i], sizeof(Vec));
+      }
+    }
+    for (int64_t c = full_cols; c < cols; ++c)
+      for (int i = 0; i < count; ++i) {
+        float t = kAccumulate ? out[(r0 + i) * cols + c] : 0.0f;
+        for (int64_t j = 0; j < depth; ++j) t += ar[i][j * a_col] * b[j * cols + c];
+        out[(r0 + i) * cols + c] = t;
+      }
+  }
+}
+
+// qkv [F][width] = x [F][in] wt [in][width]
+void project(const float* x, const float* wt, int64_t F, int64_t in, int64_t width, float* qkv) {
+  small_matmul<false>(x, in, 1, F, in, wt, width, qkv);
+}
+
+struct ProjectedShape {
+  int64_t batch, fields, in, heads, dim;
+  int64_t width() const { return 3 * heads * dim; }  // qkv floats per field
+};
+
+ProjectedShape projected_shape_of(const at::Tensor& x, const at::Tensor& w, int64_t heads) {
+  TORCH_CHECK(x.dim() == 3, "x must be [B, F, in], got ", x.sizes());
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == x.size(2), "w must be [3 * heads * d, in] with in = ", x.size(2), ", got ",
+              w.sizes());
+  TORCH_CHECK(heads >= 1 && w.size(0) % (3 * heads) == 0, "w's rows (", w.size(0), ") must be 3 * heads (", heads,
+              ") * d");
+  for (const at::Tensor* t : {&x, &w})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(),
+                "x and w must be contiguous float32 CPU tensors");
+  const ProjectedShape s{x.size(0), x.size(1), x.size(2), heads, w.size(0) / (3 * heads)};
+  TORCH_CHECK(s.fields >= 1 && s.fields <= 64, "fields must be in [1, 64], got ", s.fields);
+  TORCH_CHECK(s.dim == 4 || s.dim == 8 || s.dim == 16 || s.dim == 32, "head width must be 4, 8, 16 or 32, got ",
+              s.dim);
+  return s;
+}
+
+template <int D, int FP>
+void projected_forward_all(const ProjectedShape& s, const float* x, const float* w, float* out, float* lse,
+                           float scale) {
+  const int64_t F = s.fields, H = s.heads, width = s.width();
+  const std::vector<float> wt = transposed(w, width, s.in);
+  at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qkv(F * width);
+    for (int64_t b = begin; b < end; ++b) {
+      project(x + b * F * s.in, wt.data(), F, s.in, width, qkv.data());
+      for (int64_t h = 0; h < H; ++h)
+        forward_problem<D, FP>(Fields<D>(qkv.data() + h * D, F, H), scale, out + b * F * H * D + h * D,
+                               lse + (b * H + h) * F);
+    }
+  });
+}
+
+// Samples per share of dw: shares are summed in order, so dw's bits do not depend on how many
+// threads split the batch.
+constexpr int64_t kShare = 32;
+
+template <int D, int FP>
+void projected_backward_all(const ProjectedShape& s, const float* x, const float* w, const float* lse,
+                            const float* dout, float* dx, float* dw, float scale) {
+  const int64_t F = s.fields, H = s.heads, in = s.in, width = s.width();
+  const std::vector<float> wt = transposed(w, width, in);
+  const int64_t shares = (s.batch + kShare - 1) / kShare;
+  std::vector<float> dw_shares(shares * width * in, 0.0f);
+  at::parallel_for(0, shares, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qkv(F * width), dqkv(F * width);
+    for (int64_t share = begin; share < end; ++share) {
+      float* __restrict__ dw_share = dw_shares.data() + share * width * in;  // [width][in]
+      for (int64_t b = share * kShare; b < std::min(s.batch, (share + 1) * kShare); ++b) {
+        const float* xb = x + b * F * in;
+        project(xb, wt.data(), F, in, width, qkv.data());
+        for (int64_t h = 0; h < H; ++h)
+          backward_problem<D, FP>(Fields<D>(qkv.data() + h * D, F, H), dout + b * F * H * D + h * D,
+                                  lse + (b * H + h) * F, scale, dqkv.data() + h * D);
+        // dx_b [F][in] = dqkv [F][width] w [width][in]; dw [width][in] += dqkv^T [width][F] x_b [F][in]
+        small_matmul<false>(dqkv.data(), width, 1, F, width, w, in, dx + b * F * in);
+        small_matmul<true>(dqkv.data(), 1, width, width, F, xb, in, dw_share);
+      }
+    }
+  });
+  std::fill(dw, dw + width * in, 0.0f);
+  for (int64_t share = 0; share < shares; ++share)
+    for (int64_t i = 0; i < width * in; ++i) dw[i] += dw_shares[share * width * in + i];
+}
+
+struct ProjectedForward {
+  template <int D, int FP, typename... Args>
+  static void run(Args&&... args) { projected_forward_all<D, FP>(args...); }
+};
+
+struct ProjectedBackward {
+  template <int D, int FP, typename... Args>
+  static void run(Args&&... args) { projected_backward_all<D, FP>(args...); }
 };
 
 }  // namespace
@@ -332,7 +474,39 @@ at::Tensor backward(const at::Tensor& grad_out, const at::Tensor& qkv, const at:
   return grad;
 }
 
+// Returns (out [B, F, H, d], lse [B, H, F]) of attention over qkv = x w^T, viewed [B, F, 3, H, d].
+std::vector<at::Tensor> projected_forward(const at::Tensor& x, const at::Tensor& w, int64_t heads, double scale) {
+  const ProjectedShape s = projected_shape_of(x, w, heads);
+  auto out = at::empty({s.batch, s.fields, s.heads, s.dim}, x.options());
+  auto lse = at::empty({s.batch, s.heads, s.fields}, x.options());
+  dispatch<ProjectedForward>(s, x.data_ptr<float>(), w.data_ptr<float>(), out.data_ptr<float>(),
+                             lse.data_ptr<float>(), static_cast<float>(scale));
+  return {out, lse};
+}
+
+// Returns (dx [B, F, in], dw [3 H d, in]) from grad_out [B, F, H, d] and projected_forward's lse.
+std::vector<at::Tensor> projected_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w,
+                                           const at::Tensor& lse, int64_t heads, double scale) {
+  const ProjectedShape s = projected_shape_of(x, w, heads);
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({s.batch, s.fields, s.heads, s.dim}),
+              "grad_out must be [B, F, H, d], got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == at::kFloat && grad_out.device().is_cpu(),
+              "grad_out must be a float32 CPU tensor");
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef({s.batch, s.heads, s.fields}) && lse.is_contiguous() &&
+                  lse.scalar_type() == at::kFloat,
+              "lse must be forward's contiguous float32 [B, H, F], got ", lse.sizes());
+  const auto go = grad_out.contiguous();
+  auto dx = at::empty_like(x);
+  auto dw = at::empty_like(w);
+  dispatch<ProjectedBackward>(s, x.data_ptr<float>(), w.data_ptr<float>(), lse.data_ptr<float>(),
+                              go.data_ptr<float>(), dx.data_ptr<float>(), dw.data_ptr<float>(),
+                              static_cast<float>(scale));
+  return {dx, dw};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "field self-attention forward: (out [B,F,H,d], lse [B,H,F])");
   m.def("backward", &backward, "field self-attention backward: grad of qkv [B,F,3,H,d]");
+  m.def("projected_forward", &projected_forward, "attention over qkv = x w^T: (out [B,F,H,d], lse [B,H,F])");
+  m.def("projected_backward", &projected_backward, "its backward: (dx [B,F,in], dw [3Hd,in])");
 }

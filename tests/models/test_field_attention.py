@@ -9,7 +9,7 @@ from torch.testing import assert_close
 
 from recemb import native
 from recemb.models import field_attention
-from recemb.models.field_attention import field_self_attention, sdpa_field_attention
+from recemb.models.field_attention import field_self_attention, projected_field_attention, sdpa_field_attention
 
 KERNEL = native.load("attention")
 needs_kernel = pytest.mark.skipif(KERNEL is None, reason="native attention kernel not built on this machine")
@@ -62,7 +62,8 @@ def test_kernel_saves_each_score_rows_log_sum_exp(fields, width):
     """lse [B, H, F], from which backward recomputes the softmax, against torch.logsumexp;
     rows whose scores are far apart too (a sum of exponentials near 1) and close (near F)."""
     gen = torch.Generator().manual_seed(fields)
-    qkv = torch.randn(6, fields, 3, 2, width, generator=gen) * torch.tensor([0.1, 1.0, 4.0]).repeat(2).view(6, 1, 1, 1, 1)
+    spread = torch.tensor([0.1, 1.0, 4.0]).repeat(2).view(6, 1, 1, 1, 1)  # per sample
+    qkv = torch.randn(6, fields, 3, 2, width, generator=gen) * spread
     _, lse = KERNEL.forward(qkv, width**-0.5)
     q, k, _ = qkv.double().unbind(2)
     want = torch.einsum("bfhd,bghd->bhfg", q, k).mul(width**-0.5).logsumexp(-1)  # [B, H, F]
@@ -116,6 +117,90 @@ def test_kernel_takes_a_strided_input_and_extreme_scores():
     assert torch.isfinite(out).all()
     assert_close(out[0], qkv[0, -1, 2].expand(fields, 1, 4))
     assert_close(out[1], qkv[1, 0, 2].expand(fields, 1, 4))
+
+
+def projected_reference(x: torch.Tensor, weight: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+    """reference() of qkv = x weight^T viewed [B, F, 3, heads, d], in float64."""
+    batch, fields, _ = x.shape
+    qkv = torch.nn.functional.linear(x.double(), weight.double())
+    return reference(qkv.view(batch, fields, 3, heads, -1), scale)
+
+
+def projected_values_and_grads(fn, x, weight, heads, weights, scale):
+    x = x.detach().clone().requires_grad_()
+    weight = weight.detach().clone().requires_grad_()
+    out = fn(x, weight, heads, scale)
+    (out * weights.to(out.dtype)).sum().backward()
+    return out.detach().double(), x.grad.double(), weight.grad.double()
+
+
+# (batch, fields, in, heads, head width): inputs whose width is not a multiple of 16 and
+# projections narrower than 16 (3 * 1 * 4) take the kernel's column-by-column tail; a batch
+# past one 32-sample share of the weight gradient
+PROJECTED_SHAPES = [(3, 1, 4, 1, 4), (5, 13, 12, 4, 4), (40, 26, 16, 2, 8), (3, 39, 7, 2, 8), (2, 64, 32, 1, 32)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch, fields, in_dim, heads, width", PROJECTED_SHAPES)
+def test_projected_kernel_matches_the_reference_values_and_gradients(batch, fields, in_dim, heads, width):
+    gen = torch.Generator().manual_seed(fields * 7 + in_dim)
+    x = torch.randn(batch, fields, in_dim, generator=gen)
+    weight = torch.randn(3 * heads * width, in_dim, generator=gen) * 1.5 / in_dim**0.5
+    weights = torch.randn(batch, fields, heads, width, generator=gen)
+    scale = width**-0.5
+    got = projected_values_and_grads(projected_field_attention, x, weight, heads, weights, scale)
+    want = projected_values_and_grads(projected_reference, x.double(), weight.double(), heads, weights, scale)
+    for g, w, tol in zip(got, want, (2e-5, 5e-5, 5e-5 * batch)):  # the weight's gradient sums over the batch
+        assert_close(g, w, atol=tol, rtol=1e-5)
+
+
+@needs_kernel
+def test_projected_kernel_is_the_path_taken_and_its_gradients_do_not_depend_on_threads(monkeypatch):
+    calls = []
+    apply = field_attention._NativeProjectedFieldAttention.apply
+    count = lambda *a: calls.append(1) or apply(*a)  # noqa: E731
+    monkeypatch.setattr(field_attention._NativeProjectedFieldAttention, "apply", count)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(100, 30, 16, generator=gen, requires_grad=True)
+    weight = torch.randn(48, 16, generator=gen, requires_grad=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            x.grad = weight.grad = None
+            out = projected_field_attention(x, weight, 2, 0.3)
+            out.square().sum().backward()
+            results.append((out.detach(), x.grad.clone(), weight.grad.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 2
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_projected_attention_without_the_kernel_has_the_same_values(monkeypatch):
+    """Where the kernel does not apply (here a head width of 6), F.linear and the qkv path."""
+    x, weight = torch.randn(4, 9, 10), torch.randn(36, 10) * 0.3
+    assert field_attention._kernel_for_shape(x, 9, 6) is None
+    weights = torch.randn(4, 9, 2, 6)
+    got = projected_values_and_grads(projected_field_attention, x, weight, 2, weights, 0.4)
+    want = projected_values_and_grads(projected_reference, x.double(), weight.double(), 2, weights, 0.4)
+    for g, w in zip(got, want):
+        assert_close(g, w, atol=5e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "x_shape, weight_shape, heads, message",
+    [
+        ((2, 5, 8), (48, 7), 2, r"weight \[3 \* heads \* d, in\], got shapes \(2, 5, 8\) and \(48, 7\)"),
+        ((2, 5, 8, 1), (48, 8), 2, r"x must be \[B, F, in\]"),
+        ((2, 5, 8), (40, 8), 2, r"weight's rows \(40\) must be 3 \* heads \(2\) \* d"),
+        ((2, 5, 8), (48, 8), 0, r"heads must be >= 1, got 0"),
+    ],
+)
+def test_projected_attention_refuses_mismatched_shapes(x_shape, weight_shape, heads, message):
+    with pytest.raises(ValueError, match=message):
+        projected_field_attention(torch.randn(x_shape), torch.randn(weight_shape), heads, 1.0)
 
 
 @pytest.mark.parametrize(
