@@ -2,8 +2,8 @@
 
 Deviation: attention scores are scaled by 1/sqrt(attention_dim) (scaled dot product, as in
 the Transformer the official code builds on), which lets us use a fused attention kernel
-(recemb.models.field_attention: a C++ kernel on the CPU, torch's
-`scaled_dot_product_attention` elsewhere).
+(recemb.models.field_attention: on the CPU a C++ kernel that also makes the q/k/v
+projection, torch's `scaled_dot_product_attention` elsewhere).
 
 Dense features are fields by default (the paper embeds numerical features as fields too).
 `dense_as_fields=False` sends them to a linear term of the logit instead, as DeepCTR-Torch's
