@@ -238,14 +238,18 @@ struct Shape {
   int64_t batch, fields, heads, dim;
 };
 
+// The sizes the kernel compiles: 1 to 64 fields, heads 4, 8, 16 or 32 wide.
+void check_sizes(int64_t fields, int64_t dim) {
+  TORCH_CHECK(fields >= 1 && fields <= 64, "fields must be in [1, 64], got ", fields);
+  TORCH_CHECK(dim == 4 || dim == 8 || dim == 16 || dim == 32, "head width must be 4, 8, 16 or 32, got ", dim);
+}
+
 Shape shape_of(const at::Tensor& qkv) {
   TORCH_CHECK(qkv.dim() == 5 && qkv.size(2) == 3, "qkv must be [B, F, 3, H, d], got ", qkv.sizes());
   TORCH_CHECK(qkv.scalar_type() == at::kFloat && qkv.is_contiguous() && qkv.device().is_cpu(),
               "qkv must be a contiguous float32 CPU tensor");
   const Shape s{qkv.size(0), qkv.size(1), qkv.size(3), qkv.size(4)};
-  TORCH_CHECK(s.fields >= 1 && s.fields <= 64, "fields must be in [1, 64], got ", s.fields);
-  TORCH_CHECK(s.dim == 4 || s.dim == 8 || s.dim == 16 || s.dim == 32, "head width must be 4, 8, 16 or 32, got ",
-              s.dim);
+  check_sizes(s.fields, s.dim);
   return s;
 }
 
@@ -306,7 +310,6 @@ struct Backward {
   template <int D, int FP, typename... Args>
   static void run(Args&&... args) { backward_all<D, FP>(args...); }
 };
-
 
 // -- The same attention with its q/k/v projection fused in --------------------------------------
 // x [B, F, in] and the projection's weight w [3 H d, in] (nn.Linear's layout, rows ordered
@@ -381,9 +384,7 @@ ProjectedShape projected_shape_of(const at::Tensor& x, const at::Tensor& w, int6
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(),
                 "x and w must be contiguous float32 CPU tensors");
   const ProjectedShape s{x.size(0), x.size(1), x.size(2), heads, w.size(0) / (3 * heads)};
-  TORCH_CHECK(s.fields >= 1 && s.fields <= 64, "fields must be in [1, 64], got ", s.fields);
-  TORCH_CHECK(s.dim == 4 || s.dim == 8 || s.dim == 16 || s.dim == 32, "head width must be 4, 8, 16 or 32, got ",
-              s.dim);
+  check_sizes(s.fields, s.dim);
   return s;
 }
 
@@ -447,6 +448,18 @@ struct ProjectedBackward {
 
 }  // namespace
 
+// grad_out [B, F, H, d] and forward's lse [B, H, F] for a problem of shape s.
+template <typename S>
+void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& lse, const S& s) {
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({s.batch, s.fields, s.heads, s.dim}),
+              "grad_out must be [B, F, H, d], got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == at::kFloat && grad_out.device().is_cpu(),
+              "grad_out must be a float32 CPU tensor");
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef({s.batch, s.heads, s.fields}) && lse.is_contiguous() &&
+                  lse.scalar_type() == at::kFloat,
+              "lse must be forward's contiguous float32 [B, H, F], got ", lse.sizes());
+}
+
 // Returns (out [B, F, H, d], lse [B, H, F]): lse, each score row's log-sum-exp, for backward.
 std::vector<at::Tensor> forward(const at::Tensor& qkv, double scale) {
   const Shape s = shape_of(qkv);
@@ -460,13 +473,7 @@ std::vector<at::Tensor> forward(const at::Tensor& qkv, double scale) {
 // Gradient of qkv [B, F, 3, H, d] from grad_out [B, F, H, d] and forward's lse.
 at::Tensor backward(const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& lse, double scale) {
   const Shape s = shape_of(qkv);
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({s.batch, s.fields, s.heads, s.dim}),
-              "grad_out must be [B, F, H, d], got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == at::kFloat && grad_out.device().is_cpu(),
-              "grad_out must be a float32 CPU tensor");
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef({s.batch, s.heads, s.fields}) && lse.is_contiguous() &&
-                  lse.scalar_type() == at::kFloat,
-              "lse must be forward's contiguous float32 [B, H, F], got ", lse.sizes());
+  check_backward_inputs(grad_out, lse, s);
   const auto go = grad_out.contiguous();
   auto grad = at::empty_like(qkv);
   dispatch<Backward>(s, qkv.data_ptr<float>(), lse.data_ptr<float>(), go.data_ptr<float>(), grad.data_ptr<float>(),
@@ -488,13 +495,7 @@ std::vector<at::Tensor> projected_forward(const at::Tensor& x, const at::Tensor&
 std::vector<at::Tensor> projected_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w,
                                            const at::Tensor& lse, int64_t heads, double scale) {
   const ProjectedShape s = projected_shape_of(x, w, heads);
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({s.batch, s.fields, s.heads, s.dim}),
-              "grad_out must be [B, F, H, d], got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == at::kFloat && grad_out.device().is_cpu(),
-              "grad_out must be a float32 CPU tensor");
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef({s.batch, s.heads, s.fields}) && lse.is_contiguous() &&
-                  lse.scalar_type() == at::kFloat,
-              "lse must be forward's contiguous float32 [B, H, F], got ", lse.sizes());
+  check_backward_inputs(grad_out, lse, s);
   const auto go = grad_out.contiguous();
   auto dx = at::empty_like(x);
   auto dw = at::empty_like(w);
