@@ -68,7 +68,8 @@ def projected_field_attention(x: Tensor, weight: Tensor, heads: int, scale: floa
         raise ValueError(f"weight's rows ({weight.shape[0]}) must be 3 * heads ({heads}) * d")
     batch, fields, _ = x.shape
     width = weight.shape[0] // (3 * heads)
-    kernel = _kernel_for_shape(x, fields, width) if weight.dtype == x.dtype else None
+    same_kind = weight.dtype == x.dtype and weight.device == x.device
+    kernel = _kernel_for_shape(x, fields, width) if same_kind else None
     if kernel is not None:
         return _NativeProjectedFieldAttention.apply(x, weight, heads, scale, kernel)
     return field_self_attention(F.linear(x, weight).view(batch, fields, 3, heads, width), scale)

@@ -12,7 +12,7 @@
 //
 // Vector lanes run over query fields: 16 queries at a time (a Vec; GCC/Clang vector extensions,
 // which the compiler maps to AVX-512, AVX2 or SSE registers), with the queries transposed once
-// into a [d][16] tile. Then a score, its softmax and the probability-weighted sum of values are
+// into a [d][FP] tile. Then a score, its softmax and the probability-weighted sum of values are
 // vertical operations, key field by key field, with keys and values read in place as scalars;
 // nothing is summed across lanes. The two products that sum over queries in backward (dK and dV)
 // run with lanes over the head width instead (a Row of d floats), reading the probabilities
@@ -183,10 +183,10 @@ void backward_problem(const Fields<D>& x, const float* __restrict__ dout, const 
   transpose_in<D, FP>(dout, out_row, F, 1.0f, dot);
   std::copy(lse, lse + F, lse_t);
   std::fill(lse_t + F, lse_t + FP, 0.0f);
-  // P^T and dS^T: [key g][query i]; rows up to F rounded up to kKeys are read by the dK / dV blocks
-  constexpr int GP = FP;  // F <= FP and FP is a multiple of kKeys
-  alignas(64) float pt[GP][FP];
-  alignas(64) float dst[GP][FP];
+  // P^T and dS^T (dP^T until dS is made): [key g][query i]. The dK / dV blocks read rows up
+  // to F rounded up to kKeys, which FP (a multiple of 16) holds.
+  alignas(64) float pt[FP][FP];
+  alignas(64) float dst[FP][FP];
   for (int n = 0; n < NV; ++n) {
     Vec row_lse;
     std::memcpy(&row_lse, lse_t + n * kLanes, sizeof(Vec));
@@ -215,7 +215,10 @@ void backward_problem(const Fields<D>& x, const float* __restrict__ dout, const 
   transpose_out<D, FP>(dqt, F, grad, x.row);
   // dV_g = sum_i P[i, g] dO_i and dK_g = sum_i dS[i, g] q_i, kKeys keys at a time
   const int64_t padded_keys = (F + kKeys - 1) / kKeys * kKeys;
-  for (int64_t g = F; g < padded_keys; ++g) std::fill(pt[g], pt[g] + FP, 0.0f), std::fill(dst[g], dst[g] + FP, 0.0f);
+  for (int64_t g = F; g < padded_keys; ++g) {
+    std::fill(pt[g], pt[g] + FP, 0.0f);
+    std::fill(dst[g], dst[g] + FP, 0.0f);
+  }
   for (int64_t g0 = 0; g0 < F; g0 += kKeys) {
     Row dv[kKeys] = {}, dk[kKeys] = {};
     for (int64_t i = 0; i < F; ++i) {
