@@ -19,6 +19,7 @@ import logging
 import mmap
 import sys
 from itertools import accumulate
+from types import ModuleType
 
 import torch
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -30,7 +31,9 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
 from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recemb import native
 from recemb.storage.base import EmbeddingStore, length_per_key
+from recemb.storage.fused_step import RowwiseAdagradLookup
 from recemb.storage.layout import StoreLayout
 from recemb.storage.optim import EmbeddingOptimizer
 
@@ -123,6 +126,15 @@ class TBEStore(EmbeddingStore):
             slot_rows_cumsum = torch.tensor([0, *accumulate(t.rows for t in slot_tables)], dtype=torch.int64)
         self.register_buffer("_slot_weights_offsets", slot_weights_offsets, persistent=False)
         self.register_buffer("_slot_rows_cumsum", slot_rows_cumsum, persistent=False)
+        # for the native row-wise Adagrad step (fused_step.py): each virtual feature's first
+        # row in the momentum, and its columns of the output as int64
+        self._native_step = self._direct_forward and optimizer.name == "rowwise_adagrad"
+        slot_state_offsets = slot_columns = None
+        if self._native_step:
+            slot_state_offsets = self.tbe.momentum1_offsets + self._row_offsets
+            slot_columns = self.tbe.D_offsets.long()
+        self.register_buffer("_slot_state_offsets", slot_state_offsets, persistent=False)
+        self.register_buffer("_slot_columns", slot_columns, persistent=False)
 
     def _grouped_by_merged_table(self, layout: StoreLayout) -> tuple[StoreLayout, list[int]]:
         """The layout as TBE sees it, lookups sorted (stably) by merged table index, i.e. by
@@ -162,6 +174,8 @@ class TBEStore(EmbeddingStore):
             indices, offsets, counts = kjt.values(), kjt.offsets(), None
         if self._direct_forward and not torch.is_grad_enabled():
             out = self._lookup_no_grad(indices, offsets)
+        elif (kernel := self._step_kernel()) is not None:
+            out = RowwiseAdagradLookup.apply(self.tbe.placeholder_autograd_tensor, indices, offsets, self, kernel)
         else:
             indices = indices.long()
             if self._needs_offsets:
@@ -194,6 +208,11 @@ class TBEStore(EmbeddingStore):
             None,  # no per-sample weights
             self.tbe.output_dtype,
         )
+
+    def _step_kernel(self) -> ModuleType | None:
+        """The native row-wise Adagrad step (fused_step.py) where this store can use it and it
+        is built, else None (fbgemm's backward)."""
+        return native.load("rowwise_adagrad") if self._native_step else None
 
     def _value_row_offsets(self, per_key: list[int]) -> Tensor:
         """[nnz]: the first merged row of each value's table (keys' values end to end)."""
