@@ -35,7 +35,7 @@ struct Entry {
 };
 
 // Open addressing with linear probing over power-of-two slots, at most half full; a slot
-// holds a row's state index and its entry, so that a lookup reads one cache line. The
+// holds a row's state index and where its sum is, so that a lookup reads one cache line. The
 // buffers are kept from call to call (one set per thread): allocating them each step would
 // fault their pages in again every time.
 class RowSums {
@@ -59,12 +59,13 @@ class RowSums {
     uint64_t s = home(key);
     while (slots[s].key != key && slots[s].key != -1) s = (s + 1) & mask_;
     if (slots[s].key == -1) {
-      slots[s] = Slot{key, static_cast<int64_t>(buffers_.entries.size())};
-      buffers_.entries.push_back({key, weight, dim, static_cast<int64_t>(buffers_.sums.size())});
+      const int64_t offset = static_cast<int64_t>(buffers_.sums.size());
+      slots[s] = Slot{key, offset};
+      buffers_.entries.push_back({key, weight, dim, offset});
       buffers_.sums.insert(buffers_.sums.end(), g, g + dim);
       return;
     }
-    float* __restrict__ acc = buffers_.sums.data() + buffers_.entries[slots[s].entry].offset;
+    float* __restrict__ acc = buffers_.sums.data() + slots[s].offset;
     for (int64_t e = 0; e < dim; ++e) acc[e] += g[e];
   }
 
@@ -73,8 +74,8 @@ class RowSums {
 
  private:
   struct Slot {
-    int64_t key;  // -1 where free
-    int64_t entry;
+    int64_t key;     // -1 where free
+    int64_t offset;  // the row's sum in sums
   };
   struct Buffers {
     std::vector<Slot> slots;
