@@ -42,17 +42,5 @@ class RowwiseAdagradLookup(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output: Tensor) -> tuple[None, ...]:  # type: ignore[override]
         indices, offsets = ctx.saved_tensors
-        store, opt = ctx.store, ctx.store.optimizer
-        ctx.kernel.step(
-            grad_output.float().contiguous(),
-            indices,
-            offsets,
-            store._slot_columns,
-            store._slot_weights_offsets,
-            store._slot_state_offsets,
-            store.tbe.weights_host,
-            store.tbe.momentum1_host,
-            opt.lr,
-            opt.eps,
-        )
+        ctx.store._rowwise_adagrad_step(ctx.kernel, grad_output.float().contiguous(), indices, offsets)
         return None, None, None, None, None

@@ -217,6 +217,22 @@ class TBEStore(EmbeddingStore):
         is built, else None (fbgemm's backward)."""
         return native.load("rowwise_adagrad") if self._native_step else None
 
+    def _rowwise_adagrad_step(self, kernel: ModuleType, grad_output: Tensor, indices: Tensor, offsets: Tensor) -> None:
+        """The native step (fused_step.py's backward) on TBE's own weights and momentum, for
+        the rows a lookup of (indices, offsets) read; grad_output [B, width], contiguous."""
+        kernel.step(
+            grad_output,
+            indices,
+            offsets,
+            self._slot_columns,
+            self._slot_weights_offsets,
+            self._slot_state_offsets,
+            self.tbe.weights_host,
+            self.tbe.momentum1_host,
+            self.optimizer.lr,
+            self.optimizer.eps,
+        )
+
     def _value_row_offsets(self, per_key: list[int]) -> Tensor:
         """[nnz]: the first merged row of each value's table (keys' values end to end)."""
         counts = tuple(per_key)
