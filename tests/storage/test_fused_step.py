@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 from torch.testing import assert_close
 
 from recemb import native
@@ -63,3 +64,57 @@ def test_the_step_refuses_inputs_of_the_wrong_kind():
         KERNEL.step(grad, ids.int(), offsets, columns, starts, starts, weights, state, 0.1, 1e-8)
     with pytest.raises(RuntimeError, match=r"offsets \[T \* B \+ 1\]"):
         KERNEL.step(grad, ids, offsets[:2], columns, starts, starts, weights, state, 0.1, 1e-8)
+
+
+def reference_step(grad, ids, offsets, columns, weight_starts, state_starts, weights, state, lr, eps):
+    """Row-wise Adagrad in plain PyTorch, on the kernel's inputs: each distinct row's
+    gradient summed over every bag (of every feature) that read it, then one step per row."""
+    T, B = len(weight_starts), grad.shape[0]
+    sums: dict[int, tuple[int, Tensor]] = {}  # state index -> (first weight, summed gradient)
+    for t in range(T):
+        lo, hi = int(columns[t]), int(columns[t + 1])
+        for b in range(B):
+            for i in range(int(offsets[t * B + b]), int(offsets[t * B + b + 1])):
+                key, row = int(state_starts[t] + ids[i]), int(ids[i])
+                start, total = sums.get(key, (int(weight_starts[t]) + row * (hi - lo), torch.zeros(hi - lo)))
+                sums[key] = (start, total + grad[b, lo:hi])
+    for key, (start, g) in sums.items():
+        state[key] += (g * g).mean()
+        weights[start : start + len(g)] -= lr * g / (state[key].sqrt() + eps)
+
+
+@needs_kernel
+def test_the_step_equals_a_plain_reference_on_shared_tables_and_odd_widths():
+    """Five features over three tables: A read by features 0, 2 and 4 (so rows meet across
+    features), B (width 12: no width-specialised loop) by feature 1, C by feature 3, whose
+    bags are all empty. 300 samples of 0-3 ids: hot rows repeat within and across features."""
+    gen = torch.Generator().manual_seed(11)
+    rows = {"A": 50, "B": 700, "C": 9}
+    width = {"A": 16, "B": 12, "C": 4}
+    tables = ["A", "B", "A", "C", "A"]  # feature t reads tables[t]
+    weight_base = {"A": 0, "B": 50 * 16, "C": 50 * 16 + 700 * 12}
+    state_base = {"A": 0, "B": 50, "C": 750}
+    B = 300
+    ids, offsets = [], [0]
+    for t, table in enumerate(tables):
+        for _ in range(B):
+            count = 0 if table == "C" else int(torch.randint(0, 4, (), generator=gen))
+            ids += torch.randint(0, rows[table], (count,), generator=gen).tolist()
+            offsets.append(len(ids))
+    columns = torch.tensor([0, *torch.tensor([width[t] for t in tables]).cumsum(0).tolist()])
+    grad = torch.randn(B, int(columns[-1]), generator=gen)
+    weight_starts = torch.tensor([weight_base[t] for t in tables])
+    state_starts = torch.tensor([state_base[t] for t in tables])
+    weights = torch.randn(50 * 16 + 700 * 12 + 9 * 4, generator=gen)
+    state = torch.rand(759, generator=gen)
+    expected_w, expected_s = weights.clone(), state.clone()
+    initial_state = state.clone()
+    args = (grad, torch.tensor(ids), torch.tensor(offsets), columns, weight_starts, state_starts)
+    KERNEL.step(*args, weights, state, 0.1, 1e-8)
+    reference_step(*args, expected_w, expected_s, 0.1, 1e-8)
+    assert_close(state, expected_s)
+    assert_close(weights, expected_w)
+    read = torch.zeros(759, dtype=torch.bool)
+    for t, table in enumerate(tables):
+        read[state_base[table] + torch.tensor(ids[offsets[t * B] : offsets[(t + 1) * B]], dtype=torch.long)] = True
+    assert torch.equal(state != initial_state, read)  # every row read took a step; no other did
