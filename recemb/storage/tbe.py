@@ -119,25 +119,37 @@ class TBEStore(EmbeddingStore):
             preallocated_host_buffers=host_buffers,
         )
         self.load_table_weights(self.initial_weights())
-        # for _lookup_no_grad (CPU only): each virtual feature's first weight, its table's rows
+        # The direct path (CPU only): fbgemm's forward kernel called as `_lookup_no_grad`
+        # does, and the native step. Both take each virtual feature's table by offsets, in
+        # any order, so they see the layout's own order: no key permutation of the input and
+        # no column gather of the output, which fbgemm's module (its backward) needs.
         self._direct_forward = not on_gpu
-        slot_weights_offsets = slot_rows_cumsum = None
-        if self._direct_forward:
-            slot_tables = [layout.table(lk.table) for lk in self._tbe_layout.lookups for _ in range(lk.slots)]
-            slot_dims = torch.tensor([t.dim for t in slot_tables], dtype=torch.int64)
-            slot_weights_offsets = self.tbe.weights_offsets + self._row_offsets * slot_dims
-            slot_rows_cumsum = torch.tensor([0, *accumulate(t.rows for t in slot_tables)], dtype=torch.int64)
-        self.register_buffer("_slot_weights_offsets", slot_weights_offsets, persistent=False)
-        self.register_buffer("_slot_rows_cumsum", slot_rows_cumsum, persistent=False)
-        # for the native row-wise Adagrad step (fused_step.py): each virtual feature's first
-        # row in the momentum, and its columns of the output as int64
         self._native_step = self._direct_forward and optimizer.name == "rowwise_adagrad"
-        slot_state_offsets = slot_columns = None
+        direct = self._direct_slots(layout, feature_table_map) if self._direct_forward else {}
+        for name in ("weights_offsets", "state_offsets", "d_offsets", "rows_cumsum", "columns"):
+            self.register_buffer(f"_slot_{name}", direct.get(name), persistent=False)
+
+    def _direct_slots(self, layout: StoreLayout, feature_table_map: list[int]) -> dict[str, Tensor]:
+        """Per virtual feature of the layout's own order (a sequence key is max_len of them):
+        where its table starts in TBE's weights (floats) and momentum (rows), its output
+        columns (D_offsets, int32 as fbgemm takes them; `columns`, int64, for the native step)
+        and the cumsum of its tables' rows (fbgemm's bounds check per virtual feature)."""
+        any_feature = {m: feature_table_map.index(m) for m in set(feature_table_map)}  # merged table -> a TBE feature
+        tables = [layout.table(lk.table) for lk in layout.lookups for _ in range(lk.slots)]
+        merged = [self._place[t.name] for t in tables]  # (merged index, first row)
+        features = torch.tensor([any_feature[m] for m, _ in merged], dtype=torch.int64)
+        first_rows = torch.tensor([first for _, first in merged], dtype=torch.int64)
+        dims = torch.tensor([t.dim for t in tables], dtype=torch.int64)
+        d_offsets = torch.tensor([0, *accumulate(t.dim for t in tables)], dtype=self.tbe.D_offsets.dtype)
+        slots = {
+            "weights_offsets": self.tbe.weights_offsets[features] + first_rows * dims,
+            "d_offsets": d_offsets,
+            "rows_cumsum": torch.tensor([0, *accumulate(t.rows for t in tables)], dtype=torch.int64),
+        }
         if self._native_step:
-            slot_state_offsets = self.tbe.momentum1_offsets + self._row_offsets
-            slot_columns = self.tbe.D_offsets.long()
-        self.register_buffer("_slot_state_offsets", slot_state_offsets, persistent=False)
-        self.register_buffer("_slot_columns", slot_columns, persistent=False)
+            slots["state_offsets"] = self.tbe.momentum1_offsets[features] + first_rows
+            slots["columns"] = d_offsets.long()
+        return slots
 
     def _grouped_by_merged_table(self, layout: StoreLayout) -> tuple[StoreLayout, list[int]]:
         """The layout as TBE sees it, lookups sorted (stably) by merged table index, i.e. by
@@ -169,29 +181,40 @@ class TBEStore(EmbeddingStore):
     # -- lookup -----------------------------------------------------------------------
     def lookup(self, kjt: KeyedJaggedTensor) -> Tensor:
         batch = kjt.stride()
+        kernel = self._step_kernel() if torch.is_grad_enabled() else None
+        if self._direct_forward and (kernel is not None or not torch.is_grad_enabled()):
+            out = self._direct_lookup(kjt, batch, kernel)  # [B, width], in the layout's order
+            return out * self._mean_scale(kjt, batch, self.layout) if self._has_means else out
+        layout = self._tbe_layout
         if self._key_order is not None:
             kjt = kjt.permute(self._key_order)  # keys grouped by merged table, as TBE sees them
         if self._has_sequences:
-            indices, offsets, counts = self._expand_sequences(kjt, batch)
+            indices, offsets, counts = self._expand_sequences(kjt, batch, layout)
         else:
             indices, offsets, counts = kjt.values(), kjt.offsets(), None
-        if self._direct_forward and not torch.is_grad_enabled():
-            out = self._lookup_no_grad(indices, offsets)
-        elif (kernel := self._step_kernel()) is not None:
-            out = RowwiseAdagradLookup.apply(self.tbe.placeholder_autograd_tensor, indices, offsets, self, kernel)
-        else:
-            indices = indices.long()
-            if self._needs_offsets:
-                if counts is None:
-                    indices = indices + self._value_row_offsets(length_per_key(kjt))
-                else:
-                    indices = indices + torch.repeat_interleave(self._row_offsets, counts, output_size=indices.numel())
-            out = self.tbe(indices, offsets.long())  # [B, width]
+        indices = indices.long()
+        if self._needs_offsets:
+            if counts is None:
+                indices = indices + self._value_row_offsets(length_per_key(kjt))
+            else:
+                indices = indices + torch.repeat_interleave(self._row_offsets, counts, output_size=indices.numel())
+        out = self.tbe(indices, offsets.long())  # [B, width]
         if self._has_means:
-            out = out * self._mean_scale(kjt, batch)
+            out = out * self._mean_scale(kjt, batch, layout)
         if self._key_order is not None:
             out = out.index_select(1, self._column_order)  # back to the layout's key order
         return out
+
+    def _direct_lookup(self, kjt: KeyedJaggedTensor, batch: int, kernel: ModuleType | None) -> Tensor:
+        """[B, width]: the direct path's forward; with `kernel` (the native step), one that
+        trains in backward."""
+        if self._has_sequences:
+            indices, offsets, _ = self._expand_sequences(kjt, batch, self.layout)
+        else:
+            indices, offsets = kjt.values(), kjt.offsets()
+        if kernel is None:
+            return self._lookup_no_grad(indices, offsets)
+        return RowwiseAdagradLookup.apply(self.tbe.placeholder_autograd_tensor, indices, offsets, self, kernel)
 
     def _lookup_no_grad(self, indices: Tensor, offsets: Tensor) -> Tensor:
         """[B, width] from TBE's CPU forward kernel, the one its module calls, given each
@@ -202,7 +225,7 @@ class TBEStore(EmbeddingStore):
         return torch.ops.fbgemm.split_embedding_codegen_forward_cpu(
             self.tbe.weights_host,
             self._slot_weights_offsets,
-            self.tbe.D_offsets,
+            self._slot_d_offsets,
             self.tbe.total_D,
             self._slot_rows_cumsum,
             indices,
@@ -243,10 +266,14 @@ class TBEStore(EmbeddingStore):
             self._offsets_cache = cached
         return cached[1]
 
-    def _expand_sequences(self, kjt: KeyedJaggedTensor, batch: int) -> tuple[Tensor, Tensor, Tensor]:
-        """TBE input where each sequence key is max_len features: feature j holds item j."""
+    @staticmethod
+    def _expand_sequences(
+        kjt: KeyedJaggedTensor, batch: int, layout: StoreLayout
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """TBE input where each sequence key is max_len features: feature j holds item j
+        (kjt's keys in `layout`'s order)."""
         values, lengths = [], []
-        for lk, jt in zip(self._tbe_layout.lookups, (kjt[k] for k in self._tbe_layout.keys)):
+        for lk, jt in zip(layout.lookups, (kjt[k] for k in layout.keys)):
             if lk.pooling != "none":
                 values.append(jt.values())
                 lengths.append(jt.lengths())
@@ -260,12 +287,14 @@ class TBEStore(EmbeddingStore):
         counts = all_lengths.view(-1, batch).sum(dim=1)
         return torch.cat(values), torch.ops.fbgemm.asynchronous_complete_cumsum(all_lengths), counts
 
-    def _mean_scale(self, kjt: KeyedJaggedTensor, batch: int) -> Tensor:
-        """[B, width]: 1/len on the columns of mean-pooled keys (empty bags stay 0), else 1."""
-        lengths = kjt.lengths().view(len(self._tbe_layout.keys), batch)
-        scale = torch.ones(batch, self._tbe_layout.width)
-        for i, (key, cols) in enumerate(self._tbe_layout.column_slices().items()):
-            if self._tbe_layout.lookup(key).pooling == "mean":
+    @staticmethod
+    def _mean_scale(kjt: KeyedJaggedTensor, batch: int, layout: StoreLayout) -> Tensor:
+        """[B, width]: 1/len on the columns of mean-pooled keys (empty bags stay 0), else 1
+        (kjt's keys and the columns in `layout`'s order)."""
+        lengths = kjt.lengths().view(len(layout.keys), batch)
+        scale = torch.ones(batch, layout.width)
+        for i, (key, cols) in enumerate(layout.column_slices().items()):
+            if layout.lookup(key).pooling == "mean":
                 scale[:, cols] = 1.0 / lengths[i].clamp(min=1).unsqueeze(1).float()
         return scale
 
