@@ -7,7 +7,8 @@ module's own weights and momentum in backward, so checkpoints, torchrec intercha
 fbgemm's path (taken where the kernel is not built, or with RECEMB_NATIVE=0) all see one
 store. Only the order in which a row's duplicate gradients are summed differs (float
 rounding). Why: fbgemm's CPU backward sorts every lookup of the batch, a cost per lookup
-that a smaller table does not reduce; the native step gathers the sums in one hashed pass.
+that a smaller table does not reduce; the native step sums each feature's lookups in a
+small hash table that stays in L1, then merges features that share a table.
 """
 
 from __future__ import annotations

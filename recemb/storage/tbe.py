@@ -13,6 +13,10 @@ Sequence keys become max_len virtual features of 0 or 1 id each, so pooled and s
 lookups of the same table go through the same single call.
 On the CPU the weights and the optimizer state sit on 2 MiB pages (see `_huge_page_zeros`),
 and lookups without autograd call TBE's forward kernel directly (see `_lookup_no_grad`).
+That direct path and the native step take the keys in the caller's order; only fbgemm's
+module (GPU, other optimizers) needs them grouped by merged table, with a permutation of
+the input and a gather of the output columns (for hash_embedding's two widths those took
+half of its forward).
 """
 
 from __future__ import annotations
