@@ -23,6 +23,12 @@ FLAGS = ["-O3", "-march=native", "-fno-math-errno"]
 # per kernel: float sums may be reassociated (vectorized reductions) where results are
 # compared to torch within a tolerance, never where bits must match (hashing)
 KERNEL_FLAGS = {"attention": ["-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-mprefer-vector-width=512"]}
+# at::parallel_for is serial unless a kernel is built with OpenMP: ATen's header then runs
+# the loop in the calling thread. Only these kernels are, and they go parallel only above a
+# size (the libgomp they link is torch's own libgomp.so.1). Parallel regions on every small
+# call cost more than they gain where processes share cores: the 2-process distributed
+# tests ran 4x slower with hash.cpp and attention.cpp built with OpenMP.
+OPENMP_KERNELS = frozenset({"rowwise_adagrad"})
 
 
 def enabled() -> bool:
@@ -46,9 +52,15 @@ def load(name: str) -> ModuleType | None:
         return None
     from torch.utils import cpp_extension
 
+    openmp = ["-fopenmp"] if name in OPENMP_KERNELS else []
+
     try:
         return cpp_extension.load(
-            name=f"recemb_{name}", sources=[str(source)], extra_cflags=FLAGS + KERNEL_FLAGS.get(name, []), verbose=False
+            name=f"recemb_{name}",
+            sources=[str(source)],
+            extra_cflags=FLAGS + openmp + KERNEL_FLAGS.get(name, []),
+            extra_ldflags=openmp,
+            verbose=False,
         )
     except (RuntimeError, OSError, ImportError) as error:  # a failed compile or link
         warnings.warn(f"recemb native kernel {name!r} not built ({error}); using torch ops")

@@ -83,38 +83,64 @@ def reference_step(grad, ids, offsets, columns, weight_starts, state_starts, wei
         weights[start : start + len(g)] -= lr * g / (state[key].sqrt() + eps)
 
 
-@needs_kernel
-def test_the_step_equals_a_plain_reference_on_shared_tables_and_odd_widths():
+def shared_tables_case(batch: int, seed: int) -> tuple[tuple[Tensor, ...], Tensor, Tensor, list[int], dict]:
     """Five features over three tables: A read by features 0, 2 and 4 (so rows meet across
     features), B (width 12: no width-specialised loop) by feature 1, C by feature 3, whose
-    bags are all empty. 300 samples of 0-3 ids: hot rows repeat within and across features."""
-    gen = torch.Generator().manual_seed(11)
+    bags are all empty. `batch` samples of 0-3 ids: hot rows repeat within and across
+    features. Returns the step's inputs up to the weights, the weights, the state, the ids
+    and the tables' first rows in the state."""
+    gen = torch.Generator().manual_seed(seed)
     rows = {"A": 50, "B": 700, "C": 9}
     width = {"A": 16, "B": 12, "C": 4}
     tables = ["A", "B", "A", "C", "A"]  # feature t reads tables[t]
     weight_base = {"A": 0, "B": 50 * 16, "C": 50 * 16 + 700 * 12}
     state_base = {"A": 0, "B": 50, "C": 750}
-    B = 300
     ids, offsets = [], [0]
-    for t, table in enumerate(tables):
-        for _ in range(B):
+    for table in tables:
+        for _ in range(batch):
             count = 0 if table == "C" else int(torch.randint(0, 4, (), generator=gen))
             ids += torch.randint(0, rows[table], (count,), generator=gen).tolist()
             offsets.append(len(ids))
     columns = torch.tensor([0, *torch.tensor([width[t] for t in tables]).cumsum(0).tolist()])
-    grad = torch.randn(B, int(columns[-1]), generator=gen)
+    grad = torch.randn(batch, int(columns[-1]), generator=gen)
     weight_starts = torch.tensor([weight_base[t] for t in tables])
     state_starts = torch.tensor([state_base[t] for t in tables])
     weights = torch.randn(50 * 16 + 700 * 12 + 9 * 4, generator=gen)
     state = torch.rand(759, generator=gen)
+    inputs = (grad, torch.tensor(ids), torch.tensor(offsets), columns, weight_starts, state_starts)
+    return inputs, weights, state, ids, {"tables": tables, "state_base": state_base}
+
+
+@needs_kernel
+def test_the_step_equals_a_plain_reference_on_shared_tables_and_odd_widths():
+    """The kernel on shared_tables_case's 300 samples against `reference_step`."""
+    args, weights, state, ids, info = shared_tables_case(300, 11)
+    B, offsets = 300, args[2].tolist()
     expected_w, expected_s = weights.clone(), state.clone()
     initial_state = state.clone()
-    args = (grad, torch.tensor(ids), torch.tensor(offsets), columns, weight_starts, state_starts)
     KERNEL.step(*args, weights, state, 0.1, 1e-8)
     reference_step(*args, expected_w, expected_s, 0.1, 1e-8)
     assert_close(state, expected_s)
     assert_close(weights, expected_w)
     read = torch.zeros(759, dtype=torch.bool)
-    for t, table in enumerate(tables):
-        read[state_base[table] + torch.tensor(ids[offsets[t * B] : offsets[(t + 1) * B]], dtype=torch.long)] = True
+    for t, table in enumerate(info["tables"]):
+        rows = torch.tensor(ids[offsets[t * B] : offsets[(t + 1) * B]], dtype=torch.long)
+        read[info["state_base"][table] + rows] = True
     assert torch.equal(state != initial_state, read)  # every row read took a step; no other did
+
+
+@needs_kernel
+def test_the_step_gives_the_same_bits_on_any_thread_count():
+    """Threads take whole features (passes 1 and 3), so 1 and 3 threads agree bit for bit.
+    4,000 samples: about 24k lookups, past the size where the step goes parallel."""
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            args, weights, state, _, _ = shared_tables_case(4000, 4)
+            KERNEL.step(*args, weights, state, 0.1, 1e-8)
+            results.append((weights, state))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
