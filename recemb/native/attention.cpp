@@ -408,7 +408,8 @@ void projected_forward_all(const ProjectedShape& s, const float* x, const float*
 }
 
 // Samples per share of dw: shares are summed in order, so dw's bits do not depend on how many
-// threads split the batch.
+// threads split the batch (where the kernel is built with OpenMP; recemb builds it without,
+// so at::parallel_for runs in the calling thread: see OPENMP_KERNELS in __init__.py).
 constexpr int64_t kShare = 32;
 
 template <int D, int FP>

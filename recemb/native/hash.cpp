@@ -14,8 +14,10 @@
 // numpy's uint64 arithmetic does.
 // numpy's path makes 12-14 passes over [N] int64 arrays; this makes one, with the salt and rule
 // fixed per loop so that the loop is branch-free and vectorizes (except `%`: 64-bit division
-// has no vector instruction). Chunks of ids go to threads with at::parallel_for; each row
-// depends on its id alone, so any number of threads gives the same bits.
+// has no vector instruction). Chunks of ids go to threads with at::parallel_for where the
+// kernel is built with OpenMP (recemb builds it without, so it runs in the calling thread:
+// see OPENMP_KERNELS in __init__.py); each row depends on its id alone, so any number of
+// threads gives the same bits (tested with an OpenMP build too).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
