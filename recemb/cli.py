@@ -86,6 +86,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# `make demo`: the full table, then the two hashed kinds at a tenth and a hundredth of its bytes
+DEMO_TABLES = (
+    "full:dim=16",
+    "hashed:dim=16,budget_ratio=0.1",
+    "unified:dim=16,budget_ratio=0.1",
+    "hashed:dim=16,budget_ratio=0.01",
+    "unified:dim=16,budget_ratio=0.01",
+)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from recemb.demo import run_demo
 
@@ -144,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the models and their settings").set_defaults(func=cmd_models)
 
     demo = sub.add_parser("demo", help="train AutoInt on synthetic data with several tables and compare")
-    demo.add_argument("--tables", default="full:dim=16;full:dim=4", help="table settings separated by ';'")
+    demo.add_argument("--tables", default=";".join(DEMO_TABLES), help="table settings separated by ';'")
     demo.add_argument("--rows", type=int, default=60_000)
     demo.add_argument("--epochs", type=int, default=2)
     demo.set_defaults(func=cmd_demo)

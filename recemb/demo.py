@@ -29,7 +29,8 @@ def run_demo(tables: list[str], rows: int = 60_000, epochs: int = 2, seed: int =
     base = results[0][1]
     print(f"\nAutoInt on synthetic data: {rows} rows, test {len(base.test_labels)} rows, {epochs} epochs; "
           f"Bayes-optimal test AUC {ceiling:.4f}\n")
-    header = f"{'table':28s} {'AUC':>7s} {'±se':>6s} {'logloss':>8s} {'bytes':>12s} {'samples/s':>10s}  ΔAUC vs first [95% CI]"
+    width = max(28, *(len(table) for table in tables))
+    header = f"{'table':{width}s} {'AUC':>7s} {'±se':>6s} {'logloss':>8s} {'bytes':>12s} {'samples/s':>10s}  ΔAUC vs first [95% CI]"
     print(header)
     print("-" * len(header))
     rows_out = []
@@ -37,7 +38,7 @@ def run_demo(tables: list[str], rows: int = 60_000, epochs: int = 2, seed: int =
         m = r.metrics
         diff, low, high = paired_bootstrap_auc_diff(base.test_labels, base.test_probs, r.test_probs, rounds=300)
         delta = "—" if r is base else f"{diff:+.4f} [{low:+.4f}, {high:+.4f}]"
-        print(f"{table:28s} {m['auc']:7.4f} {m['auc_se']:6.4f} {m['logloss']:8.4f} {m['table_bytes']:12,d} "
+        print(f"{table:{width}s} {m['auc']:7.4f} {m['auc_se']:6.4f} {m['logloss']:8.4f} {m['table_bytes']:12,d} "
               f"{m['samples_per_s']:10.0f}  {delta}")
         rows_out.append({"table": table, **{k: m[k] for k in ("auc", "logloss", "table_bytes", "samples_per_s")},
                          "auc_diff_vs_first": None if r is base else [diff, low, high]})
