@@ -304,15 +304,17 @@ void dispatch(const S& s, Args&&... args) {
   }
 }
 
-struct Forward {
-  template <int D, int FP, typename... Args>
-  static void run(Args&&... args) { forward_all<D, FP>(args...); }
-};
+// A kernel template as the type `dispatch` takes: Name::run<D, FP>(args) calls fn<D, FP>(args).
+#define DISPATCHABLE(Name, fn)                      \
+  struct Name {                                     \
+    template <int D, int FP, typename... Args>      \
+    static void run(Args&&... args) {               \
+      fn<D, FP>(args...);                           \
+    }                                               \
+  }
 
-struct Backward {
-  template <int D, int FP, typename... Args>
-  static void run(Args&&... args) { backward_all<D, FP>(args...); }
-};
+DISPATCHABLE(Forward, forward_all);
+DISPATCHABLE(Backward, backward_all);
 
 // -- The same attention with its q/k/v projection fused in --------------------------------------
 // x [B, F, in] and the projection's weight w [3 H d, in] (nn.Linear's layout, rows ordered
@@ -440,15 +442,8 @@ void projected_backward_all(const ProjectedShape& s, const float* x, const float
     for (int64_t i = 0; i < width * in; ++i) dw[i] += dw_shares[share * width * in + i];
 }
 
-struct ProjectedForward {
-  template <int D, int FP, typename... Args>
-  static void run(Args&&... args) { projected_forward_all<D, FP>(args...); }
-};
-
-struct ProjectedBackward {
-  template <int D, int FP, typename... Args>
-  static void run(Args&&... args) { projected_backward_all<D, FP>(args...); }
-};
+DISPATCHABLE(ProjectedForward, projected_forward_all);
+DISPATCHABLE(ProjectedBackward, projected_backward_all);
 
 }  // namespace
 

@@ -20,7 +20,7 @@
 //
 // Inputs, in TBE's layout (T virtual features, B samples):
 //   grad_output [B, total_D]  the pooled output's gradient; feature t owns columns
-//                             columns[t] .. columns[t + 1]
+//                             columns[t] .. columns[t + 1] (int32: fbgemm's D_offsets)
 //   indices [N], offsets [T * B + 1]  bag (t, b) is indices[offsets[t * B + b] : offsets[t * B + b + 1]],
 //                             each a row of feature t's own table (checked by the forward)
 //   weight_starts [T]         where feature t's table's row 0 starts in `weights` (floats)
@@ -152,7 +152,7 @@ void step(const at::Tensor& grad_output, const at::Tensor& indices, const at::Te
   check(state, at::kFloat, "state");
   check(indices, at::kLong, "indices");
   check(offsets, at::kLong, "offsets");
-  check(columns, at::kLong, "columns");
+  check(columns, at::kInt, "columns");
   check(weight_starts, at::kLong, "weight_starts");
   check(state_starts, at::kLong, "state_starts");
   const int64_t T = weight_starts.size(0), B = grad_output.size(0), total_d = grad_output.size(1);
@@ -163,7 +163,7 @@ void step(const at::Tensor& grad_output, const at::Tensor& indices, const at::Te
   const float* go = grad_output.data_ptr<float>();
   const int64_t* idx = indices.data_ptr<int64_t>();
   const int64_t* off = offsets.data_ptr<int64_t>();
-  const int64_t* col = columns.data_ptr<int64_t>();
+  const int32_t* col = columns.data_ptr<int32_t>();
   const int64_t* w0 = weight_starts.data_ptr<int64_t>();
   const int64_t* s0 = state_starts.data_ptr<int64_t>();
   TORCH_CHECK(col[T] <= total_d, "columns end at ", col[T], " past grad_output's ", total_d);

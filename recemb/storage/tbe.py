@@ -130,13 +130,13 @@ class TBEStore(EmbeddingStore):
         self._direct_forward = not on_gpu
         self._native_step = self._direct_forward and optimizer.name == "rowwise_adagrad"
         direct = self._direct_slots(layout, feature_table_map) if self._direct_forward else {}
-        for name in ("weights_offsets", "state_offsets", "d_offsets", "rows_cumsum", "columns"):
+        for name in ("weights_offsets", "state_offsets", "d_offsets", "rows_cumsum"):
             self.register_buffer(f"_slot_{name}", direct.get(name), persistent=False)
 
     def _direct_slots(self, layout: StoreLayout, feature_table_map: list[int]) -> dict[str, Tensor]:
         """Per virtual feature of the layout's own order (a sequence key is max_len of them):
         where its table starts in TBE's weights (floats) and momentum (rows), its output
-        columns (D_offsets, int32 as fbgemm takes them; `columns`, int64, for the native step)
+        columns (D_offsets, int32 as fbgemm and the native step take them)
         and the cumsum of its tables' rows (fbgemm's bounds check per virtual feature)."""
         any_feature = {m: feature_table_map.index(m) for m in set(feature_table_map)}  # merged table -> a TBE feature
         tables = [layout.table(lk.table) for lk in layout.lookups for _ in range(lk.slots)]
@@ -152,7 +152,6 @@ class TBEStore(EmbeddingStore):
         }
         if self._native_step:
             slots["state_offsets"] = self.tbe.momentum1_offsets[features] + first_rows
-            slots["columns"] = d_offsets.long()
         return slots
 
     def _grouped_by_merged_table(self, layout: StoreLayout) -> tuple[StoreLayout, list[int]]:
@@ -251,7 +250,7 @@ class TBEStore(EmbeddingStore):
             grad_output,
             indices,
             offsets,
-            self._slot_columns,
+            self._slot_d_offsets,
             self._slot_weights_offsets,
             self._slot_state_offsets,
             self.tbe.weights_host,

@@ -58,7 +58,7 @@ def test_other_optimizers_keep_fbgemms_backward(opt):
 def test_the_step_refuses_inputs_of_the_wrong_kind():
     """One feature of width 4, 2 samples; ids of the wrong dtype, offsets of the wrong length."""
     grad, weights, state = torch.zeros(2, 4), torch.zeros(40), torch.zeros(10)
-    columns, starts = torch.tensor([0, 4]), torch.tensor([0])
+    columns, starts = torch.tensor([0, 4], dtype=torch.int32), torch.tensor([0])
     ids, offsets = torch.tensor([1, 2]), torch.tensor([0, 1, 2])
     with pytest.raises(RuntimeError, match="indices must be a contiguous CPU tensor of Long, got Int"):
         KERNEL.step(grad, ids.int(), offsets, columns, starts, starts, weights, state, 0.1, 1e-8)
@@ -101,7 +101,7 @@ def shared_tables_case(batch: int, seed: int) -> tuple[tuple[Tensor, ...], Tenso
             count = 0 if table == "C" else int(torch.randint(0, 4, (), generator=gen))
             ids += torch.randint(0, rows[table], (count,), generator=gen).tolist()
             offsets.append(len(ids))
-    columns = torch.tensor([0, *torch.tensor([width[t] for t in tables]).cumsum(0).tolist()])
+    columns = torch.tensor([0, *torch.tensor([width[t] for t in tables]).cumsum(0).tolist()], dtype=torch.int32)
     grad = torch.randn(batch, int(columns[-1]), generator=gen)
     weight_starts = torch.tensor([weight_base[t] for t in tables])
     state_starts = torch.tensor([state_base[t] for t in tables])
